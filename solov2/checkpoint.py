@@ -1,0 +1,226 @@
+"""Checkpoint formats: this project's own, the authors' release, mmdetection 2.x/3.x, the
+earlier pure-PyTorch port, and torchvision ImageNet ResNets (REFERENCE.md section 5).
+
+``load_checkpoint`` detects the format from the keys and returns a state dict in this
+project's names; ``load_weights`` loads it into a model, strictly by default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+OWN_FORMAT = "solov2"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A weights file that is missing, unreadable, or does not match the model."""
+
+
+# (pattern, replacement) pairs applied in order; the first match wins.
+_NECK = [
+    (r"^neck\.lateral_convs\.(\d+)\.conv\.", r"fpn.lateral_convs.\1."),
+    (r"^neck\.fpn_convs\.(\d+)\.conv\.", r"fpn.output_convs.\1."),
+]
+
+RENAME_RULES: dict[str, list[tuple[str, str]]] = {
+    "official": _NECK + [
+        (r"^mask_feat_head\.convs_all_levels\.(\d+)\.conv(\d+)\.(conv|gn)\.", r"mask_branch.levels.\1.\2.\3."),
+        (r"^mask_feat_head\.conv_pred\.0\.(conv|gn)\.", r"mask_branch.fuse.\1."),
+        (r"^bbox_head\.cate_convs\.(\d+)\.(conv|gn)\.", r"head.category_tower.\1.\2."),
+        (r"^bbox_head\.kernel_convs\.(\d+)\.(conv|gn)\.", r"head.kernel_tower.\1.\2."),
+        (r"^bbox_head\.solo_cate\.", r"head.category_pred."),
+        (r"^bbox_head\.solo_kernel\.", r"head.kernel_pred."),
+    ],
+    "mmdet": _NECK + [
+        (r"^mask_head\.mask_feature_head\.convs_all_levels\.(\d+)\.conv(\d+)\.(conv|gn)\.",
+         r"mask_branch.levels.\1.\2.\3."),
+        (r"^mask_head\.mask_feature_head\.conv_pred\.(conv|gn)\.", r"mask_branch.fuse.\1."),
+        (r"^mask_head\.cls_convs\.(\d+)\.(conv|gn)\.", r"head.category_tower.\1.\2."),
+        (r"^mask_head\.kernel_convs\.(\d+)\.(conv|gn)\.", r"head.kernel_tower.\1.\2."),
+        (r"^mask_head\.conv_cls\.", r"head.category_pred."),
+        (r"^mask_head\.conv_kernel\.", r"head.kernel_pred."),
+    ],
+    "seed_port": [
+        (r"^fpn\.lateral_convs\.(\d+)\.", r"fpn.lateral_convs.\1."),
+        (r"^fpn\.fpn_convs\.(\d+)\.", r"fpn.output_convs.\1."),
+        (r"^mask_feat_head\.convs_all_levels\.(\d+)\.conv(\d+)\.0\.", r"mask_branch.levels.\1.\2.conv."),
+        (r"^mask_feat_head\.convs_all_levels\.(\d+)\.conv(\d+)\.1\.", r"mask_branch.levels.\1.\2.norm."),
+        (r"^mask_feat_head\.conv_pred\.0\.", r"mask_branch.fuse.conv."),
+        (r"^mask_feat_head\.conv_pred\.1\.", r"mask_branch.fuse.norm."),
+        (r"^bbox_head\.cate_convs\.(\d+)\.0\.", r"head.category_tower.\1.conv."),
+        (r"^bbox_head\.cate_convs\.(\d+)\.1\.", r"head.category_tower.\1.norm."),
+        (r"^bbox_head\.kernel_convs\.(\d+)\.0\.", r"head.kernel_tower.\1.conv."),
+        (r"^bbox_head\.kernel_convs\.(\d+)\.1\.", r"head.kernel_tower.\1.norm."),
+        (r"^bbox_head\.solo_cate\.", r"head.category_pred."),
+        (r"^bbox_head\.solo_kernel\.", r"head.kernel_pred."),
+    ],
+}
+
+FORMAT_NAMES = {
+    OWN_FORMAT: "solov2 checkpoint",
+    "official": "authors' SOLO release (mmdetection v1)",
+    "mmdet": "mmdetection 2.x/3.x SOLOv2",
+    "seed_port": "earlier pure-PyTorch SOLOv2 port",
+    "torchvision": "torchvision ImageNet ResNet (backbone only)",
+}
+
+
+@dataclass
+class LoadedCheckpoint:
+    format: str
+    state_dict: dict[str, Tensor]  # in this project's names
+    config: dict[str, Any] | None  # the training config, for this project's checkpoints
+    raw: dict[str, Any]  # the whole file, for resuming training
+
+
+def detect_format(state_dict: dict[str, Any]) -> str:
+    keys = set(state_dict)
+    if "mask_head.conv_cls.weight" in keys or any(k.startswith("mask_head.") for k in keys):
+        return "mmdet"
+    if any(k.startswith("neck.") for k in keys) and any(k.startswith("bbox_head.") for k in keys):
+        return "official"
+    if any(k.startswith("fpn.lateral_convs.") for k in keys) and any(k.startswith("bbox_head.") for k in keys):
+        return "seed_port"
+    if any(k.startswith("fpn.") for k in keys) and any(k.startswith("head.") for k in keys):
+        return OWN_FORMAT
+    if "conv1.weight" in keys and "layer1.0.conv1.weight" in keys:
+        return "torchvision"
+    raise CheckpointError(
+        "unrecognised weights layout (first keys: " + ", ".join(sorted(keys)[:5]) + "); expected a "
+        "solov2 checkpoint, the authors' SOLO release, mmdetection SOLOv2, the earlier port, or a "
+        "torchvision ResNet"
+    )
+
+
+def _rename(key: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, replacement in rules:
+        new, count = re.subn(pattern, replacement, key)
+        if count:
+            # The release and mmdetection call GroupNorm "gn"; this project calls it "norm".
+            return new.replace(".gn.", ".norm.")
+    return key
+
+
+def convert_state_dict(state_dict: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
+    """Rename a foreign state dict's keys to this project's names."""
+    if fmt == OWN_FORMAT:
+        return dict(state_dict)
+    if fmt == "torchvision":
+        return {f"backbone.{k}": v for k, v in state_dict.items() if not k.startswith("fc.")}
+    rules = RENAME_RULES[fmt]
+    return {_rename(k, rules): v for k, v in state_dict.items()}
+
+
+def _strip_module_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Read a weights file of any supported format; raises CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for corrupt files
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a dict of weights, found {type(raw).__name__}")
+    config = None
+    if raw.get("format") == OWN_FORMAT:
+        state_dict, config, fmt = raw["model"], raw.get("config"), OWN_FORMAT
+    else:
+        state_dict = raw.get("state_dict", raw.get("model", raw))
+        if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+            raise CheckpointError(f"{path}: no state dict of tensors found in the file")
+        state_dict = _strip_module_prefix(state_dict)
+        try:
+            fmt = detect_format(state_dict)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from err
+    return LoadedCheckpoint(fmt, convert_state_dict(state_dict, fmt), config, raw)
+
+
+def load_weights(
+    model: nn.Module,
+    state_dict: dict[str, Tensor],
+    source: str = "weights",
+    allow_class_mismatch: bool = True,
+    backbone_only: bool = False,
+) -> list[str]:
+    """Copy ``state_dict`` into ``model``. Returns the keys skipped.
+
+    Strict: missing, unexpected or mis-shaped keys raise CheckpointError listing them. A
+    different class count skips only the category output layer (with a warning) when
+    ``allow_class_mismatch``; ``backbone_only`` loads and checks the ``backbone.`` keys alone.
+    """
+    own = model.state_dict()
+    if backbone_only:
+        own = {k: v for k, v in own.items() if k.startswith("backbone.")}
+        state_dict = {k: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(
+        k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    skipped: list[str] = []
+    class_keys = {"head.category_pred.weight", "head.category_pred.bias"}
+    if allow_class_mismatch and mismatched and set(mismatched) <= class_keys:
+        skipped = mismatched
+        warnings.warn(
+            f"{source}: the category output layer has {state_dict['head.category_pred.weight'].shape[0]} "
+            f"classes and the model {own['head.category_pred.weight'].shape[0]}; it was not loaded "
+            "and keeps its initialisation",
+            stacklevel=2,
+        )
+        mismatched = []
+    if missing or unexpected or mismatched:
+        lines = [f"{source}: weights do not match the model"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                lines.append(f"  {len(keys)} {title} keys: " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
+        for k in mismatched[:8]:
+            lines.append(
+                f"  shape mismatch {k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+            )
+        lines.append("  (is --config the preset these weights were trained with?)")
+        raise CheckpointError("\n".join(lines))
+    to_load = {k: v for k, v in state_dict.items() if k not in skipped}
+    model.load_state_dict(to_load, strict=False)
+    return skipped
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: a crash leaves the old file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def make_checkpoint(model: nn.Module, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """This project's checkpoint: weights, the config they were trained with, and any extras."""
+    module = model.module if hasattr(model, "module") else model
+    return {"format": OWN_FORMAT, "version": FORMAT_VERSION, "config": config,
+            "model": module.state_dict(), **extra}

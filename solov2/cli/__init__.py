@@ -1,0 +1,33 @@
+"""The ``solov2`` command line: one module per subcommand, each with ``add_parser``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from . import benchmark, convert, demo, evaluate, export, make_shapes, predict, train
+
+COMMANDS = (predict, train, evaluate, demo, make_shapes, convert, export, benchmark)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="solov2",
+        description="SOLOv2 instance segmentation in plain PyTorch.",
+        epilog="Run 'solov2 COMMAND --help' for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"solov2 {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
