@@ -81,6 +81,7 @@ class DataConfig:
     workers: int = 2
     # "mmdet2": x2 = x + w (mmdetection 2.x and later); "v1": x2 = x + w - 1 (authors' release).
     box_convention: str = "mmdet2"
+    group_by_aspect_ratio: bool = True  # batch landscape and portrait images separately
 
 
 @dataclass
@@ -104,6 +105,7 @@ class TrainConfig:
     val_interval: int = 1  # epochs between validations; 0 disables
     max_bad_steps: int = 20  # non-finite losses in a row before the run stops
     log_interval: int = 20
+    max_iters: int = 0  # stop after this many iterations in all (0: run the whole schedule)
 
 
 @dataclass
