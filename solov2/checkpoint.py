@@ -179,12 +179,6 @@ def load_weights(
     class_keys = {"head.category_pred.weight", "head.category_pred.bias"}
     if allow_class_mismatch and mismatched and set(mismatched) <= class_keys:
         skipped = mismatched
-        warnings.warn(
-            f"{source}: the category output layer has {state_dict['head.category_pred.weight'].shape[0]} "
-            f"classes and the model {own['head.category_pred.weight'].shape[0]}; it was not loaded "
-            "and keeps its initialisation",
-            stacklevel=2,
-        )
         mismatched = []
     if missing or unexpected or mismatched:
         lines = [f"{source}: weights do not match the model"]
@@ -197,6 +191,13 @@ def load_weights(
             )
         lines.append("  (is --config the preset these weights were trained with?)")
         raise CheckpointError("\n".join(lines))
+    if skipped:  # warned only when the rest loads: an error follows otherwise
+        warnings.warn(
+            f"{source}: the category output layer has {state_dict[skipped[0]].shape[0]} "
+            f"classes and the model {own[skipped[0]].shape[0]}; it was not loaded "
+            "and keeps its initialisation",
+            stacklevel=2,
+        )
     to_load = {k: v for k, v in state_dict.items() if k not in skipped}
     model.load_state_dict(to_load, strict=False)
     return skipped

@@ -41,7 +41,9 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
     data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    # ANYCOLOR|ANYDEPTH keeps 16-bit and grayscale data and, unlike IMREAD_UNCHANGED, applies the
+    # EXIF orientation as cv2.imread (and the authors' mmcv.imread) does.
+    image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
     if image is None:
         raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
     try:

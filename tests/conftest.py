@@ -1,0 +1,138 @@
+"""Shared fixtures: the real-image folder, randomly filled models, foreign key names."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+# The tests use small inputs, where extra threads gain little, and on a shared CPU busy-waiting
+# OpenMP threads make a forward pass 10-50x slower. SOLOV2_TEST_THREADS=N to change.
+torch.set_num_threads(int(os.environ.get("SOLOV2_TEST_THREADS", "1")))
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CASIA = PROJECT_ROOT.parent / "shared" / "data" / "casia-spt-val"
+KEY_LISTS = PROJECT_ROOT.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def casia_dir() -> Path:
+    assert CASIA.is_dir(), f"shared data folder missing: {CASIA}"
+    return CASIA
+
+
+@pytest.fixture(scope="session")
+def key_lists_dir() -> Path:
+    assert KEY_LISTS.is_dir(), f"shared reference folder missing: {KEY_LISTS}"
+    return KEY_LISTS
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter and buffer a distinct random value (in place).
+
+    Defaults such as GroupNorm weight 1 / bias 0 are the same in many layers, so a loader that
+    swaps two layers would go unnoticed with them; random values make every tensor unique.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                tensor.fill_(int(torch.randint(1, 1000, (1,), generator=gen)))
+                continue
+            shape = tensor.shape
+            if name.endswith("running_var") or (name.endswith(".weight") and tensor.dim() == 1):
+                value = torch.rand(shape, generator=gen) + 0.5  # norm scales, variances
+            elif tensor.dim() == 4:
+                fan_in = shape[1] * shape[2] * shape[3]
+                value = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
+            else:  # biases, running means
+                value = torch.randn(shape, generator=gen) * 0.1
+            tensor.copy_(value)
+    return model
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """Factory: ``random_model("light_448_r18", seed=0, overrides=[])`` in eval mode."""
+    from solov2.config import load_config
+    from solov2.model import SOLOv2
+
+    def make(preset: str = "light_448_r18", seed: int = 0, overrides: tuple[str, ...] = ()) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        model = SOLOv2(load_config(preset, list(overrides)).model)
+        return randomize_(model, seed).eval()
+
+    return make
+
+
+# Our key names -> the names of the foreign formats (REFERENCE.md section 5), written from the
+# key lists in shared/reference, independently of solov2.checkpoint's rename rules.
+_TO_FOREIGN = {
+    "official": [
+        (r"^fpn\.lateral_convs\.(\d+)\.", r"neck.lateral_convs.\1.conv."),
+        (r"^fpn\.output_convs\.(\d+)\.", r"neck.fpn_convs.\1.conv."),
+        (r"^mask_branch\.levels\.(\d+)\.(\d+)\.conv\.", r"mask_feat_head.convs_all_levels.\1.conv\2.conv."),
+        (r"^mask_branch\.levels\.(\d+)\.(\d+)\.norm\.", r"mask_feat_head.convs_all_levels.\1.conv\2.gn."),
+        (r"^mask_branch\.fuse\.conv\.", "mask_feat_head.conv_pred.0.conv."),
+        (r"^mask_branch\.fuse\.norm\.", "mask_feat_head.conv_pred.0.gn."),
+        (r"^head\.category_tower\.(\d+)\.conv\.", r"bbox_head.cate_convs.\1.conv."),
+        (r"^head\.category_tower\.(\d+)\.norm\.", r"bbox_head.cate_convs.\1.gn."),
+        (r"^head\.kernel_tower\.(\d+)\.conv\.", r"bbox_head.kernel_convs.\1.conv."),
+        (r"^head\.kernel_tower\.(\d+)\.norm\.", r"bbox_head.kernel_convs.\1.gn."),
+        (r"^head\.category_pred\.", "bbox_head.solo_cate."),
+        (r"^head\.kernel_pred\.", "bbox_head.solo_kernel."),
+    ],
+    "mmdet": [
+        (r"^fpn\.lateral_convs\.(\d+)\.", r"neck.lateral_convs.\1.conv."),
+        (r"^fpn\.output_convs\.(\d+)\.", r"neck.fpn_convs.\1.conv."),
+        (r"^mask_branch\.levels\.(\d+)\.(\d+)\.conv\.",
+         r"mask_head.mask_feature_head.convs_all_levels.\1.conv\2.conv."),
+        (r"^mask_branch\.levels\.(\d+)\.(\d+)\.norm\.",
+         r"mask_head.mask_feature_head.convs_all_levels.\1.conv\2.gn."),
+        (r"^mask_branch\.fuse\.conv\.", "mask_head.mask_feature_head.conv_pred.conv."),
+        (r"^mask_branch\.fuse\.norm\.", "mask_head.mask_feature_head.conv_pred.gn."),
+        (r"^head\.category_tower\.(\d+)\.conv\.", r"mask_head.cls_convs.\1.conv."),
+        (r"^head\.category_tower\.(\d+)\.norm\.", r"mask_head.cls_convs.\1.gn."),
+        (r"^head\.kernel_tower\.(\d+)\.conv\.", r"mask_head.kernel_convs.\1.conv."),
+        (r"^head\.kernel_tower\.(\d+)\.norm\.", r"mask_head.kernel_convs.\1.gn."),
+        (r"^head\.category_pred\.", "mask_head.conv_cls."),
+        (r"^head\.kernel_pred\.", "mask_head.conv_kernel."),
+    ],
+    "seed_port": [
+        (r"^fpn\.output_convs\.(\d+)\.", r"fpn.fpn_convs.\1."),
+        (r"^mask_branch\.levels\.(\d+)\.(\d+)\.conv\.", r"mask_feat_head.convs_all_levels.\1.conv\2.0."),
+        (r"^mask_branch\.levels\.(\d+)\.(\d+)\.norm\.", r"mask_feat_head.convs_all_levels.\1.conv\2.1."),
+        (r"^mask_branch\.fuse\.conv\.", "mask_feat_head.conv_pred.0."),
+        (r"^mask_branch\.fuse\.norm\.", "mask_feat_head.conv_pred.1."),
+        (r"^head\.category_tower\.(\d+)\.conv\.", r"bbox_head.cate_convs.\1.0."),
+        (r"^head\.category_tower\.(\d+)\.norm\.", r"bbox_head.cate_convs.\1.1."),
+        (r"^head\.kernel_tower\.(\d+)\.conv\.", r"bbox_head.kernel_convs.\1.0."),
+        (r"^head\.kernel_tower\.(\d+)\.norm\.", r"bbox_head.kernel_convs.\1.1."),
+        (r"^head\.category_pred\.", "bbox_head.solo_cate."),
+        (r"^head\.kernel_pred\.", "bbox_head.solo_kernel."),
+    ],
+}
+
+
+def to_foreign_name(key: str, fmt: str) -> str:
+    for pattern, replacement in _TO_FOREIGN[fmt]:
+        new, count = re.subn(pattern, replacement, key)
+        if count:
+            return new
+    assert key.startswith(("backbone.", "fpn.lateral_convs.")), f"no {fmt} name for {key}"
+    return key
+
+
+@pytest.fixture(scope="session")
+def to_foreign():
+    """``to_foreign(state_dict, fmt)``: the state dict under a foreign format's key names."""
+
+    def convert(state_dict: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
+        out = {to_foreign_name(k, fmt): v.clone() for k, v in state_dict.items()}
+        assert len(out) == len(state_dict)
+        return out
+
+    return convert

@@ -1,0 +1,523 @@
+"""Inference post-processing: points NMS and Matrix NMS on hand-worked cases, post-processing
+on crafted kernels and features, and equality with a plain loop-based re-implementation of the
+authors' release (get_seg_single + matrix_nms + points_nms of WXinlong/SOLO)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from solov2.config import TestConfig as InferenceConfig  # not named Test*: pytest would collect it
+from solov2.model.postprocess import (
+    Detections,
+    cell_strides,
+    flatten_levels,
+    matrix_nms,
+    points_nms,
+    postprocess,
+    postprocess_image,
+)
+
+STRIDES = [8, 8, 16, 32, 32]
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop-based reference of the release's inference (step by step, no vectorization tricks).
+
+
+def ref_points_nms(heat: torch.Tensor) -> torch.Tensor:
+    """heat (C, S, S): a cell survives when it equals the max over itself and its up, left and
+    up-left neighbours (max_pool2d kernel 2, stride 1, padding 1, last row/col dropped)."""
+    values = heat.tolist()
+    out = heat.clone()
+    for c, plane in enumerate(values):
+        for i, row in enumerate(plane):
+            for j, v in enumerate(row):
+                window = [plane[a][b] for a in (i - 1, i) for b in (j - 1, j) if a >= 0 and b >= 0]
+                if v != max(window):
+                    out[c, i, j] = 0.0
+    return out
+
+
+def ref_matrix_nms(seg_masks, labels, scores, kernel, sigma, sum_masks):
+    """Column-wise min over the decay matrix, as the release: entry (i, j) is
+    f(iou_ij if i < j and same class else 0) / f(compensate_i), compensate_i = max over k < i of
+    same-class iou_ki."""
+    n = len(labels)
+    # Each binary mask as a Python int bit set: intersections are popcounts of ANDs.
+    bits = [int("".join("1" if v else "0" for v in m.flatten().tolist()) or "0", 2) for m in seg_masks]
+    iou = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            if labels[i] == labels[j]:
+                inter = float((bits[i] & bits[j]).bit_count())
+                iou[i][j] = inter / (float(sum_masks[i]) + float(sum_masks[j]) - inter)
+
+    def f(x):
+        if kernel == "gaussian":
+            return math.exp(-sigma * x * x)
+        if kernel == "linear":
+            return 1.0 - x
+        raise NotImplementedError
+
+    compensate = [max([iou[k][i] for k in range(i)], default=0.0) for i in range(n)]
+    out = []
+    for j in range(n):
+        decay = min(f(iou[i][j]) / f(compensate[i]) for i in range(n))
+        out.append(scores[j] * decay)
+    return out
+
+
+def ref_get_seg_single(cate_preds, kernel_preds, seg_preds, grids, strides, img_shape, ori_shape, cfg):
+    """cate_preds (cells, C) after points NMS; kernel_preds (cells, E); seg_preds (1, E, h, w).
+    Returns None (nothing found) or (masks, labels, scores), like the release."""
+    h, w = img_shape
+    feat_h, feat_w = seg_preds.shape[-2:]
+    cell_stride = []
+    for g, s in zip(grids, strides):
+        cell_stride += [s] * (g * g)
+    assert len(cell_stride) == cate_preds.shape[0]
+
+    # Candidates: (cell, class) pairs above score_thr, in row-major order.
+    probs = cate_preds.tolist()
+    cand_cells, cand_labels, cand_scores = [], [], []
+    for cell, row in enumerate(probs):
+        for label, p in enumerate(row):
+            if p > cfg.score_thr:
+                cand_cells.append(cell)
+                cand_labels.append(label)
+                cand_scores.append(cate_preds[cell, label])
+    if not cand_cells:
+        return None
+
+    # Dynamic 1x1 convolution: one conv over all gathered kernels, as the release.
+    kernels = kernel_preds[cand_cells]
+    seg = F.conv2d(seg_preds, kernels.view(len(cand_cells), -1, 1, 1)).squeeze(0).sigmoid()
+
+    kept = []
+    for k in range(len(cand_cells)):
+        mask = seg[k] > cfg.mask_thr
+        area = float(mask.sum())
+        if area > cell_stride[cand_cells[k]]:
+            mask_score = float((seg[k] * mask.float()).sum()) / area
+            kept.append(dict(mask=mask, prob=seg[k], area=area, label=cand_labels[k],
+                             score=float(cand_scores[k]) * mask_score))
+    if not kept:
+        return None
+
+    kept = sorted(kept, key=lambda d: -d["score"])[: cfg.nms_pre]
+    new_scores = ref_matrix_nms([d["mask"] for d in kept], [d["label"] for d in kept],
+                                [d["score"] for d in kept], cfg.nms_kernel, cfg.nms_sigma,
+                                [d["area"] for d in kept])
+    survivors = [dict(d, score=s) for d, s in zip(kept, new_scores) if s >= cfg.update_thr]
+    if not survivors:
+        return None
+    survivors = sorted(survivors, key=lambda d: -d["score"])[: cfg.max_per_img]
+
+    stacked = torch.stack([d["prob"] for d in survivors]).unsqueeze(0)
+    up = F.interpolate(stacked, size=(feat_h * 4, feat_w * 4), mode="bilinear", align_corners=False)
+    up = up[:, :, :h, :w]
+    masks = F.interpolate(up, size=tuple(ori_shape), mode="bilinear", align_corners=False).squeeze(0) > 0.5
+    labels = torch.tensor([d["label"] for d in survivors])
+    scores = torch.tensor([d["score"] for d in survivors], dtype=torch.float64)
+    return masks, labels, scores
+
+
+def ref_postprocess(category_logits, kernels, mask_features, image_sizes, original_sizes, grids, strides, cfg):
+    """The release's get_seg: per image, per level points NMS on sigmoid, (S*S, C) rows."""
+    results = []
+    for img in range(mask_features.shape[0]):
+        cate = torch.cat([ref_points_nms(c[img].sigmoid()).permute(1, 2, 0).reshape(-1, c.shape[1])
+                          for c in category_logits])
+        kern = torch.cat([k[img].permute(1, 2, 0).reshape(-1, k.shape[1]) for k in kernels])
+        results.append(ref_get_seg_single(cate, kern, mask_features[img : img + 1], grids, strides,
+                                          image_sizes[img], original_sizes[img], cfg))
+    return results
+
+
+def assert_same(ours: Detections, ref, original_size):
+    if ref is None:
+        assert len(ours) == 0
+        assert tuple(ours.masks.shape) == (0, *original_size)
+        assert ours.labels.shape == (0,) and ours.scores.shape == (0,)
+        return
+    masks, labels, scores = ref
+    assert ours.masks.dtype == torch.bool
+    assert tuple(ours.masks.shape) == (len(labels), *original_size)
+    assert torch.equal(ours.labels.cpu(), labels), (ours.labels, labels)
+    torch.testing.assert_close(ours.scores.double(), scores, rtol=2e-5, atol=1e-7)
+    assert torch.equal(ours.masks, masks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Points NMS
+
+
+def test_points_nms_hand_worked():
+    heat = torch.tensor([[[0.1, 0.5, 0.2],
+                          [0.4, 0.3, 0.6],
+                          [0.2, 0.7, 0.1]],
+                         [[0.5, 0.5, 0.0],
+                          [0.5, 0.25, 0.75],
+                          [0.0, 0.0, 0.75]]])[None]
+    expected = torch.tensor([[[0.1, 0.5, 0.0],
+                              [0.4, 0.0, 0.6],
+                              [0.0, 0.7, 0.0]],
+                             # equal neighbours both survive
+                             [[0.5, 0.5, 0.0],
+                              [0.5, 0.0, 0.75],
+                              [0.0, 0.0, 0.75]]])[None]
+    out = points_nms(heat)
+    assert torch.equal(out, expected)
+    assert torch.equal(out[0], ref_points_nms(heat[0]))
+
+
+def test_points_nms_window_is_up_left():
+    # A single peak suppresses its right, lower and lower-right neighbours, not the upper-left ones.
+    heat = torch.full((1, 1, 4, 4), 0.2)
+    heat[0, 0, 1, 1] = 0.9
+    out = points_nms(heat)[0, 0]
+    dropped = {(i, j) for i in range(4) for j in range(4) if out[i, j] == 0}
+    assert dropped == {(1, 2), (2, 1), (2, 2)}  # equal background values keep each other
+
+
+def test_points_nms_random_equals_reference():
+    torch.manual_seed(0)
+    heat = torch.rand(2, 3, 7, 7)
+    out = points_nms(heat)
+    for n in range(2):
+        assert torch.equal(out[n], ref_points_nms(heat[n]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix NMS
+
+
+def band_masks(spans, width=8):
+    masks = torch.zeros(len(spans), 1, width, dtype=torch.bool)
+    for k, (a, b) in enumerate(spans):
+        masks[k, 0, a:b] = True
+    return masks
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "linear"])
+def test_matrix_nms_two_overlapping_masks(kernel):
+    masks = band_masks([(0, 4), (2, 6)])  # intersection 2, union 6: IoU 1/3
+    scores = torch.tensor([0.9, 0.8])
+    out = matrix_nms(masks, torch.tensor([1, 1]), scores, kernel=kernel, sigma=2.0)
+    decay = math.exp(-2.0 * (1 / 3) ** 2) if kernel == "gaussian" else 1 - 1 / 3
+    torch.testing.assert_close(out, torch.tensor([0.9, 0.8 * decay]))
+    # Different classes: no decay.
+    out = matrix_nms(masks, torch.tensor([0, 1]), scores, kernel=kernel, sigma=2.0)
+    torch.testing.assert_close(out, scores)
+
+
+def test_matrix_nms_gaussian_sigma_matters():
+    masks = band_masks([(0, 4), (2, 6)])
+    scores = torch.tensor([0.9, 0.8])
+    out = matrix_nms(masks, torch.tensor([0, 0]), scores, kernel="gaussian", sigma=0.5)
+    torch.testing.assert_close(out, torch.tensor([0.9, 0.8 * math.exp(-0.5 / 9)]))
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "linear"])
+def test_matrix_nms_three_masks_with_compensation(kernel):
+    f = (lambda x: math.exp(-2.0 * x * x)) if kernel == "gaussian" else (lambda x: 1 - x)
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    labels = torch.tensor([0, 0, 0])
+    # A=[0,4) B=[1,5) C=[2,6): IoU(A,B)=3/5, IoU(A,C)=2/6, IoU(B,C)=3/5. B is itself heavily
+    # suppressed by A, so its suppression of C is compensated: C decays by A only.
+    out = matrix_nms(band_masks([(0, 4), (1, 5), (2, 6)]), labels, scores, kernel=kernel)
+    expected = [0.9, 0.8 * f(0.6), 0.7 * min(f(1 / 3), f(0.6) / f(0.6))]
+    torch.testing.assert_close(out, torch.tensor(expected))
+    # A=[0,4) B=[2,6) C=[3,7): IoU(A,B)=1/3, IoU(A,C)=1/7, IoU(B,C)=3/5: the compensated
+    # term f(3/5)/f(1/3) is the smaller one.
+    out = matrix_nms(band_masks([(0, 4), (2, 6), (3, 7)]), labels, scores, kernel=kernel)
+    c_decay = min(f(1 / 7), f(0.6) / f(1 / 3))
+    assert c_decay == pytest.approx(f(0.6) / f(1 / 3))
+    expected = [0.9, 0.8 * f(1 / 3), 0.7 * c_decay]
+    torch.testing.assert_close(out, torch.tensor(expected))
+    # Middle mask of another class: it neither decays nor compensates.
+    out = matrix_nms(band_masks([(0, 4), (1, 5), (2, 6)]), torch.tensor([0, 1, 0]), scores, kernel=kernel)
+    torch.testing.assert_close(out, torch.tensor([0.9, 0.8, 0.7 * f(1 / 3)]))
+
+
+def test_matrix_nms_areas_argument_and_empty():
+    masks = band_masks([(0, 4), (2, 6), (3, 7)])
+    labels, scores = torch.tensor([0, 0, 0]), torch.tensor([0.9, 0.8, 0.7])
+    torch.testing.assert_close(matrix_nms(masks, labels, scores),
+                               matrix_nms(masks, labels, scores, mask_areas=masks.sum((1, 2)).float()))
+    empty = matrix_nms(torch.zeros(0, 2, 2, dtype=torch.bool), torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    assert empty.shape == (0,)
+    with pytest.raises(ValueError, match="kernel"):
+        matrix_nms(masks, labels, scores, kernel="box")
+
+
+def test_matrix_nms_random_equals_reference():
+    torch.manual_seed(0)
+    n = 30
+    masks = torch.rand(n, 6, 7) > 0.5
+    labels = torch.randint(0, 3, (n,))
+    scores = torch.sort(torch.rand(n), descending=True).values
+    areas = masks.sum((1, 2)).float()
+    for kernel, sigma in [("gaussian", 2.0), ("gaussian", 0.7), ("linear", 2.0)]:
+        ours = matrix_nms(masks, labels, scores, kernel=kernel, sigma=sigma)
+        ref = ref_matrix_nms(list(masks), labels.tolist(), scores.tolist(), kernel, sigma, areas.tolist())
+        torch.testing.assert_close(ours.double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=1e-7)
+        assert (ours <= scores + 1e-7).all()
+        assert ours[0] == scores[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-processing on crafted kernels and features.
+
+GRIDS = [4, 3, 2, 2, 2]
+S_IN = 1 / (1 + math.exp(-2.0))  # sigmoid(2): the mask probability inside a region
+
+
+def crafted_case():
+    """Mask features (E=4, 8x12): channel k is +1 inside column band R_k and -1 outside; a
+    kernel 2*e_k selects R_k exactly with probability sigmoid(2) inside."""
+    bands = [(1, 3), (4, 5), (6, 9), (7, 12)]  # areas 16, 8, 24, 40 (8 rows)
+    feats = -torch.ones(1, 4, 8, 12)
+    for k, (a, b) in enumerate(bands):
+        feats[0, k, :, a:b] = 1.0
+    num_classes = 4
+    logits = [torch.full((1, num_classes, g, g), -10.0) for g in GRIDS]
+    kernels = [torch.zeros(1, 4, g, g) for g in GRIDS]
+
+    def put(level, cell, label, prob, band):
+        logits[level][0, label, cell[0], cell[1]] = logit(prob)
+        kernels[level][0, :, cell[0], cell[1]] = 0.0
+        kernels[level][0, band, cell[0], cell[1]] = 2.0
+
+    put(0, (1, 1), 2, 0.9, 0)  # a: stride 8, area 16 > 8: kept
+    put(0, (3, 2), 1, 0.85, 1)  # b: stride 8, area 8: dropped
+    put(2, (0, 1), 0, 0.95, 0)  # c: stride 16, area 16: dropped (kept at level 0 above)
+    put(2, (1, 0), 0, 0.7, 2)  # d: stride 16, area 24: kept
+    put(3, (1, 1), 3, 0.8, 3)  # e: stride 32, area 40: kept
+    put(4, (0, 0), 3, 0.75, 2)  # f: stride 32, area 24: dropped
+    put(1, (2, 2), 0, 0.6, 3)  # g0: stride 8, class 0 ...
+    logits[1][0, 1, 2, 2] = logit(0.3)  # g1: ... and class 1 at the same cell
+    return logits, kernels, feats, bands
+
+
+def band_mask(band, height, width, factor):
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[:, band[0] * factor : band[1] * factor] = True
+    return mask
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "linear"])
+def test_postprocess_crafted(kernel):
+    logits, kernels, feats, bands = crafted_case()
+    cfg = InferenceConfig(nms_kernel=kernel)
+    # Padded input 32x48 (features x4), resized image 28x44, original image 56x88.
+    (det,) = postprocess(logits, kernels, feats, [(28, 44)], [(56, 88)], GRIDS, STRIDES, cfg)
+    f = (lambda x: math.exp(-2.0 * x * x)) if kernel == "gaussian" else (lambda x: 1 - x)
+    # d (class 0, band 2, area 24) and g0 (class 0, band 3, area 40) overlap in 2 columns:
+    # IoU = 16 / (24 + 40 - 16) = 1/3, so g0 decays.
+    expected = [  # label, score, band
+        (2, 0.9 * S_IN, 0),
+        (3, 0.8 * S_IN, 3),
+        (0, 0.7 * S_IN, 2),
+        (0, 0.6 * S_IN * f(1 / 3), 3),
+        (1, 0.3 * S_IN, 3),
+    ]
+    assert det.labels.tolist() == [e[0] for e in expected]
+    torch.testing.assert_close(det.scores, torch.tensor([e[1] for e in expected]), rtol=1e-5, atol=1e-6)
+    assert det.masks.shape == (5, 56, 88)
+    for mask, (_, _, band) in zip(det.masks, expected):
+        # x4 to the padded size, crop to 28x44, x2 to 56x88: the band's columns x8, cut at 88.
+        assert torch.equal(mask, band_mask(bands[band], 56, 88, 8)), band
+    # The band at the right edge lies partly in the padding: it ends at the crop.
+    assert det.masks[1].sum(0).nonzero().max() == 87
+
+    # Same result as the reference implementation of the release.
+    ref = ref_postprocess(logits, kernels, feats, [(28, 44)], [(56, 88)], GRIDS, STRIDES, cfg)
+    assert_same(det, ref[0], (56, 88))
+
+
+def test_postprocess_crafted_thresholds_and_top_k():
+    logits, kernels, feats, bands = crafted_case()
+    cfg = InferenceConfig(max_per_img=2)
+    (det,) = postprocess(logits, kernels, feats, [(32, 48)], [(32, 48)], GRIDS, STRIDES, cfg)
+    assert det.labels.tolist() == [2, 3]
+    assert torch.equal(det.masks[0], band_mask(bands[0], 32, 48, 4))
+    # score_thr applies to the category probability, before the mask score.
+    (det,) = postprocess(logits, kernels, feats, [(32, 48)], [(32, 48)], GRIDS, STRIDES,
+                         InferenceConfig(score_thr=0.65))
+    assert det.labels.tolist() == [2, 3, 0]
+    # update_thr applies to the final (decayed) score.
+    (det,) = postprocess(logits, kernels, feats, [(32, 48)], [(32, 48)], GRIDS, STRIDES,
+                         InferenceConfig(update_thr=0.7 * S_IN - 1e-4))
+    assert det.labels.tolist() == [2, 3, 0]
+    # A stride filter of 1 keeps every mask; the dropped candidates return.
+    (det,) = postprocess(logits, kernels, feats, [(32, 48)], [(32, 48)], GRIDS, [1] * 5, InferenceConfig())
+    assert sorted(det.labels.tolist()) == sorted([2, 1, 0, 0, 3, 3, 0, 1])
+
+
+def test_postprocess_no_candidates_and_all_filtered():
+    logits, kernels, feats, _ = crafted_case()
+    cfg = InferenceConfig()
+    # No category probability above score_thr.
+    low = [torch.full_like(c, -10.0) for c in logits]
+    (det,) = postprocess(low, kernels, feats, [(28, 44)], [(56, 88)], GRIDS, STRIDES, cfg)
+    assert len(det) == 0 and det.masks.shape == (0, 56, 88) and det.masks.dtype == torch.bool
+    # Candidates, but every mask is at most its level's stride.
+    (det,) = postprocess(logits, kernels, feats, [(28, 44)], [(56, 88)], GRIDS, [64] * 5, cfg)
+    assert len(det) == 0 and det.masks.shape == (0, 56, 88)
+    # Masks all empty.
+    zero = [torch.zeros_like(k) for k in kernels]  # probability 0.5 everywhere: not above mask_thr
+    (det,) = postprocess(logits, zero, feats, [(28, 44)], [(56, 88)], GRIDS, STRIDES, cfg)
+    assert len(det) == 0
+    # Everything decays or scores below update_thr.
+    (det,) = postprocess(logits, kernels, feats, [(28, 44)], [(56, 88)], GRIDS, STRIDES,
+                         InferenceConfig(update_thr=0.95))
+    assert len(det) == 0 and det.masks.shape == (0, 56, 88)
+
+
+def test_flatten_levels_and_cell_strides_order():
+    logits = [torch.randn(2, 3, g, g) for g in GRIDS]
+    kernels = [torch.randn(2, 5, g, g) for g in GRIDS]
+    probs, flat = flatten_levels(logits, kernels)
+    total = sum(g * g for g in GRIDS)
+    assert probs.shape == (2, total, 3) and flat.shape == (2, total, 5)
+    # Cell 2*2+1 of level 1 (row 2, col 1 of a 3x3 grid) comes after the 16 cells of level 0.
+    assert torch.equal(flat[1, 16 + 2 * 3 + 1], kernels[1][1, :, 2, 1])
+    assert torch.equal(probs[0, 16 + 7], points_nms(logits[1].sigmoid())[0, :, 2, 1])
+    strides = cell_strides(GRIDS, STRIDES)
+    assert strides.tolist() == [8.0] * 16 + [8.0] * 9 + [16.0] * 4 + [32.0] * 4 + [32.0] * 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Equality with the reference on random inputs.
+
+
+def dyadic(x: torch.Tensor) -> torch.Tensor:
+    """Round to multiples of 1/16 so the dynamic convolution is exact in float32 whatever the
+    summation order (matmul here, conv2d in the release): masks can be compared bit for bit."""
+    return torch.round(x * 16) / 16
+
+
+def random_case(seed, n_images=1, num_classes=4, channels=8, grids=(6, 5, 4, 3, 2), feat=(16, 24),
+                cate_mean=-2.0, bias_range=(-3.0, 1.5)):
+    g = torch.Generator().manual_seed(seed)
+    logits = [torch.randn(n_images, num_classes, s, s, generator=g) * 1.5 + cate_mean for s in grids]
+    kernels = []
+    for s in grids:
+        k = torch.randn(n_images, channels, s, s, generator=g) * 0.3
+        # channel 0 of the features is constant 1: kernel channel 0 is a per-mask bias, which
+        # spreads mask areas from empty to full.
+        k[:, 0] = torch.rand(n_images, s, s, generator=g) * (bias_range[1] - bias_range[0]) + bias_range[0]
+        kernels.append(dyadic(k))
+    low = torch.randn(n_images, channels, feat[0] // 4, feat[1] // 4, generator=g) * 2
+    feats = F.interpolate(low, size=feat, mode="bilinear", align_corners=False)  # blob-shaped masks
+    feats = feats + 0.3 * torch.randn(feats.shape, generator=g)
+    feats[:, 0] = 1.0
+    return logits, kernels, dyadic(feats)
+
+
+CASES = {
+    "default": (dict(), dict()),
+    "linear": (dict(nms_kernel="linear"), dict()),
+    "sigma_0.5": (dict(nms_sigma=0.5), dict()),
+    "nms_pre_and_top_k": (dict(nms_pre=12, max_per_img=5), dict()),
+    "nms_pre_linear": (dict(nms_pre=7, nms_kernel="linear"), dict(num_classes=2)),
+    "many_classes": (dict(score_thr=0.2), dict(num_classes=12)),
+    "high_update_thr": (dict(update_thr=0.3), dict()),
+    "no_candidates": (dict(), dict(cate_mean=-12.0)),
+    "all_stride_filtered": (dict(), dict(bias_range=(-40.0, -30.0))),
+    "all_decayed": (dict(update_thr=0.999), dict()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_postprocess_equals_release_reference(case, seed):
+    cfg_kw, data_kw = CASES[case]
+    cfg = dataclasses.replace(InferenceConfig(), **cfg_kw)
+    grids = [6, 5, 4, 3, 2]
+    logits, kernels, feats = random_case(seed, n_images=2, grids=grids, **data_kw)
+    image_sizes = [(60, 90), (64, 80)]
+    original_sizes = [(120, 170), (37, 41)]
+    ours = postprocess(logits, kernels, feats, image_sizes, original_sizes, grids, STRIDES, cfg)
+    ref = ref_postprocess(logits, kernels, feats, image_sizes, original_sizes, grids, STRIDES, cfg)
+    assert len(ours) == 2
+    for det, r, size in zip(ours, ref, original_sizes):
+        assert_same(det, r, size)
+    found = [len(d) for d in ours]
+    if case in ("no_candidates", "all_stride_filtered", "all_decayed"):
+        assert found == [0, 0]
+    else:
+        assert min(found) > 0
+
+
+def test_random_cases_exercise_the_filters():
+    """The random inputs above are not trivial: candidates exceed nms_pre, some masks fail the
+    stride filter, and Matrix NMS decays some scores."""
+    logits, kernels, feats = random_case(0, n_images=1)
+    probs, flat = flatten_levels(logits, kernels)
+    candidates = probs[0] > 0.1
+    assert candidates.sum() > 12  # more than nms_pre of the nms_pre case
+    cells = candidates.nonzero()[:, 0]
+    masks = (flat[0][cells] @ feats[0].reshape(feats.shape[1], -1)).sigmoid() > 0.5
+    areas = masks.sum(1).float()
+    strides = cell_strides([6, 5, 4, 3, 2], STRIDES)[cells]
+    assert (areas <= strides).any() and (areas > strides).any()
+    assert len(set(probs[0].nonzero()[:, 1].tolist())) > 1  # several classes
+
+
+def test_default_grids_and_many_candidates():
+    """Full-size grids (40, 36, 24, 16, 12) with more candidates than nms_pre."""
+    grids = [40, 36, 24, 16, 12]
+    logits, kernels, feats = random_case(5, n_images=1, num_classes=2, grids=grids, feat=(24, 32),
+                                         cate_mean=-2.5)
+    cfg = InferenceConfig(nms_pre=100)
+    probs, _ = flatten_levels(logits, kernels)
+    assert (probs > cfg.score_thr).sum() > cfg.nms_pre
+    (ours,) = postprocess(logits, kernels, feats, [(90, 128)], [(180, 250)], grids, STRIDES, cfg)
+    (ref,) = ref_postprocess(logits, kernels, feats, [(90, 128)], [(180, 250)], grids, STRIDES, cfg)
+    assert_same(ours, ref, (180, 250))
+    assert len(ours) > 10
+
+
+def test_postprocess_image_direct_call_matches_batch():
+    logits, kernels, feats = random_case(3, n_images=2)
+    grids = [6, 5, 4, 3, 2]
+    cfg = InferenceConfig()
+    batch = postprocess(logits, kernels, feats, [(60, 90), (50, 70)], [(60, 90), (100, 140)], grids, STRIDES, cfg)
+    probs, flat = flatten_levels(logits, kernels)
+    strides = cell_strides(grids, STRIDES)
+    single = postprocess_image(probs[1], flat[1], feats[1], strides, (50, 70), (100, 140), cfg)
+    assert torch.equal(single.masks, batch[1].masks)
+    assert torch.equal(single.labels, batch[1].labels)
+    assert torch.equal(single.scores, batch[1].scores)
+    # Scores come sorted, at most max_per_img.
+    assert torch.all(single.scores[:-1] >= single.scores[1:])
+
+
+def test_postprocess_on_model_outputs(random_model):
+    """Outputs of a (randomly filled) network through both implementations."""
+    model = random_model("light_448_r18", seed=7, overrides=("model.num_classes=3", "model.grids=[20, 16, 12, 8, 6]"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 96))
+    # Random weights give no confident categories: shift the logits to get candidates, and
+    # round the kernels and features as in the random cases so masks compare bit for bit.
+    logits = [c - c.mean() + (-1.5) for c in out.category_logits]
+    kernels = [dyadic(k / k.std()) for k in out.kernels]
+    feats = dyadic((out.mask_features - out.mask_features.mean()) / out.mask_features.std())
+    cfg = InferenceConfig(nms_pre=200)
+    grids, strides = model.cfg.grids, model.cfg.strides
+    (ours,) = postprocess(logits, kernels, feats, [(60, 90)], [(120, 180)], grids, strides, cfg)
+    (ref,) = ref_postprocess(logits, kernels, feats, [(60, 90)], [(120, 180)], grids, strides, cfg)
+    assert_same(ours, ref, (120, 180))
+    assert len(ours) > 0
