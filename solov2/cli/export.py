@@ -1,14 +1,70 @@
-"""`solov2 export` (under construction)."""
+"""``solov2 export``: write a model to ONNX (dynamic batch, height and width)."""
 
 from __future__ import annotations
 
 import argparse
 
+from ..checkpoint import CheckpointError
+from ..config import ConfigError
+from .common import add_config_arguments, fail, formatter
+
+EXAMPLES = """examples:
+  solov2 export --config light_448_r18 --weights SOLOv2_LIGHT_448_R18_3x.pth --out model.onnx
+  solov2 export --weights runs/exp1/final.pth --out model.onnx           # own checkpoint: no --config
+  solov2 predict img.jpg --backend onnxruntime --weights model.onnx      # run it
+
+The graph takes a normalized, zero-padded batch (N, 3, H, W), H and W multiples of 32, and
+returns category_logits (N, C, cells), kernels (N, E, cells) and mask_features
+(N, E, H/4, W/4); 'solov2 predict --backend onnxruntime' adds the project's pre- and
+post-processing. The config is stored in the file's metadata.
+"""
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="(under construction)")
+    parser = subparsers.add_parser(
+        "export", help="export a model to ONNX", description=__doc__, epilog=EXAMPLES,
+        formatter_class=formatter,
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--weights", help="checkpoint (any supported format); without it the model is random")
+    parser.add_argument("--out", default="model.onnx", help="output file (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=448, help="tracing height, a multiple of 32 (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=672, help="tracing width, a multiple of 32 (default: %(default)s)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip comparing ONNX Runtime's outputs with PyTorch's after export")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("solov2 export: not implemented yet")
+    import torch
+
+    from ..engine.predictor import resolve_config
+    from ..export.onnx import export_onnx
+    from ..model import SOLOv2
+    from ..checkpoint import load_weights
+
+    try:
+        cfg, state_dict, source = resolve_config(args.config, args.weights, args.overrides)
+        model = SOLOv2(cfg.model)
+        if state_dict is None:
+            print("warning: no --weights: exporting a randomly initialised model")
+        else:
+            load_weights(model, state_dict, source=source, allow_class_mismatch=False)
+        path = export_onnx(model.eval(), cfg, args.out, args.height, args.width, args.opset)
+    except (CheckpointError, ConfigError, ValueError, NotImplementedError) as err:
+        return fail(str(err))
+    size_mb = path.stat().st_size / 2**20
+    print(f"wrote {path} ({size_mb:.1f} MiB, opset {args.opset}, config {cfg.name})")
+    if not args.no_check:
+        from ..export.onnx_runtime import OnnxPredictor
+        from ..export.onnx import ExportableSOLOv2
+
+        torch.manual_seed(0)
+        images = torch.randn(1, 3, args.height, args.width)
+        with torch.inference_mode():
+            reference = ExportableSOLOv2(model.eval())(images)
+        outputs = OnnxPredictor(path).raw_outputs(images)
+        worst = max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outputs, reference))
+        print(f"check: largest difference between ONNX Runtime and PyTorch outputs {worst:.2e}")
+    return 0

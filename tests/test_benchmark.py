@@ -1,0 +1,81 @@
+"""``solov2 benchmark`` runs end to end at a tiny size and writes its figures as JSON.
+
+No timing assertions: times on a shared machine say nothing about correctness. The test
+checks that every section and figure is there and consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from solov2.checkpoint import atomic_save, make_checkpoint
+from solov2.cli import main
+from solov2.config import load_config
+from solov2.engine.benchmark import crafted_outputs
+from solov2.model import SOLOv2
+from solov2.model.postprocess import flatten_levels
+
+# A small network: the heads' cost does not shrink with the input size, their grids do.
+TINY = ["model.num_classes=3", "model.grids=[8,6,4,4,2]", "model.head_channels=64",
+        "model.fpn_channels=64", "model.kernel_channels=32", "model.mask_mid_channels=32"]
+
+
+def test_crafted_load_has_exactly_the_requested_candidates():
+    cfg = load_config("light_448_r18")
+    logits, kernels, features, passing = crafted_outputs(cfg, 2, 64, 96, 500, torch.Generator().manual_seed(0))
+    probs, _ = flatten_levels(logits, kernels)
+    assert passing == 500
+    assert [int((p > cfg.test.score_thr).sum()) for p in probs] == [500, 500]
+    assert features.shape == (2, cfg.model.kernel_channels, 16, 24)
+
+
+def test_benchmark_command_writes_all_figures(tmp_path, casia_dir, capsys):
+    cfg = load_config("light_448_r18", TINY)
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.pth"
+    atomic_save(make_checkpoint(SOLOv2(cfg.model), cfg.to_dict()), weights)
+    image = sorted((casia_dir / "JPEGImages").glob("*.jpg"))[0]
+    out = tmp_path / "bench.json"
+    code = main(["benchmark", "--config", "light_448_r18", "--size", "64x96", "--batch", "2",
+                 "--repeats", "2", "--warmup", "1", "--candidates", "40", "--instances", "4",
+                 "--compare", "--threads", "1", "--weights", str(weights), "--agreement-images", str(image),
+                 "--json", str(out), *TINY])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "vs floor" in text and "post-processing share" in text and "targets share" in text
+
+    result = json.loads(out.read_text())
+    assert set(result) >= {"options", "machine", "floor", "inference", "training", "variants", "agreement"}
+    assert result["floor"]["throughput_gflops_per_s"]["median"] > 0
+    for key, batch in (("batch_1", 1), ("batch_2", 2)):
+        inf = result["inference"][key]
+        assert inf["batch"] == batch
+        assert set(inf["stages"]) == {"preprocess", "backbone", "fpn", "heads", "mask_features",
+                                      "postprocess", "network"}
+        for name in ("backbone", "fpn", "heads", "mask_features", "network"):
+            stage = inf["stages"][name]
+            assert stage["ms"] > 0 and stage["gflops"] > 0 and stage["ratio_to_floor"] > 0
+        assert inf["postprocess_load"]["candidates_above_score_thr"] == 40
+        assert len(inf["postprocess_load"]["instances_returned"]) == batch
+        assert 0 < inf["postprocess_share"] < 1
+        assert inf["network_floor_ms"] > 0 and inf["peak_memory"]["peak_mib"] > 0
+        assert math.isclose(inf["latency_ms"], sum(inf["stages"][n]["ms"] for n in
+                                                   ("preprocess", "network", "postprocess")))
+    # FLOPs scale with the batch.
+    b1, b2 = result["inference"]["batch_1"], result["inference"]["batch_2"]
+    assert math.isclose(b2["network_gflops"], 2 * b1["network_gflops"], rel_tol=1e-6)
+
+    train = result["training"]
+    assert set(train["stages"]) == {"data", "targets", "forward", "loss", "backward", "optimizer"}
+    assert train["images"] == 2 and train["instances_per_image"] == 4 and train["positive_pairs"] > 0
+    assert train["compute_gflops"] > b2["network_gflops"]  # forward + backward
+    assert train["compute_ratio_to_floor"] > 0 and 0 < train["targets_share"] < 1
+
+    variants = result["variants"]["variants"]
+    assert {"eager", "fold_bn", "fold_bn+channels_last", "bf16"} <= set(variants)
+    agreement = result["agreement"]
+    assert agreement["precision"] == "bf16" and agreement["images"] == 1
+    assert set(agreement["instances"]) == {"fp32", "bf16", "matched"}

@@ -1,0 +1,166 @@
+"""``solov2 eval`` and ``evaluate_dataset``: real images, unreadable files, DDP-wrapped models,
+and torchrun giving the same numbers as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from solov2.checkpoint import atomic_save, make_checkpoint
+from solov2.cli import main
+from solov2.config import load_config
+from solov2.engine.evaluate import evaluate_dataset
+from solov2.model import SOLOv2
+
+from conftest import randomize_
+
+# A smaller test size keeps the light_448_r18 network quick on a CPU.
+SMALL = ["input.test_scale=[384,224]"]
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory) -> Path:
+    """light_448_r18 (80 COCO classes) with random weights that produce many detections."""
+    cfg = load_config("light_448_r18", SMALL)
+    torch.manual_seed(0)
+    model = randomize_(SOLOv2(cfg.model), seed=1)
+    with torch.no_grad():  # a few thousand candidate cells per image, not all of them
+        model.head.category_pred.bias -= 4.5
+    path = tmp_path_factory.mktemp("ckpt") / "random.pth"
+    atomic_save(make_checkpoint(model, cfg.to_dict()), path)
+    return path
+
+
+@pytest.fixture
+def casia_subset(casia_dir, tmp_path) -> Path:
+    """6 casia images (absolute file names) plus a corrupt and a missing one."""
+    data = json.loads((casia_dir / "val_annotation.json").read_text())
+    images = sorted(data["images"], key=lambda i: i["id"])[:6]
+    for info in images:
+        info["file_name"] = str(casia_dir / info["file_name"])
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    last = max(i["id"] for i in data["images"])
+    images.append({"id": last + 1, "file_name": str(corrupt), "height": 100, "width": 100})
+    images.append({"id": last + 2, "file_name": str(tmp_path / "gone.jpg"), "height": 100, "width": 100})
+    ids = {i["id"] for i in images}
+    data["images"] = images
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
+    path = tmp_path / "subset.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_eval_cli_on_real_images(random_checkpoint, casia_subset, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["eval", "--weights", str(random_checkpoint), "--ann", str(casia_subset),
+                 "--images", str(tmp_path), "--out", str(out), "--device", "cpu", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    # Unreadable images: one line each, evaluation went on, summary at the end.
+    assert "corrupt.jpg: not a readable image" in captured.err
+    assert "gone.jpg: file not found" in captured.err
+    assert str(out / "results.json") in captured.out and "images/s" in captured.out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == 6 and metrics["images_total"] == 8 and len(metrics["failed_images"]) == 2
+    for key in ("mask_AP", "mask_AP50", "mask_AP75", "mask_APs", "mask_APm", "mask_APl", "box_AP"):
+        assert isinstance(metrics[key], float)
+    assert metrics["images_per_second"] > 0
+    # A valid results file: pycocotools loads it, ids are the dataset's own.
+    records = json.loads((out / "results.json").read_text())
+    assert len(records) == metrics["detections"] > 0
+    gt = COCO(str(casia_subset))
+    dt = gt.loadRes(str(out / "results.json"))
+    assert set(dt.getImgIds()) <= set(gt.getImgIds())
+    assert {r["category_id"] for r in records} <= set(gt.getCatIds())
+    for r in records[:20]:
+        assert set(r) >= {"image_id", "category_id", "category_name", "score", "bbox", "segmentation"}
+        assert gt.cats[r["category_id"]]["name"] == r["category_name"]
+
+
+def test_eval_cli_errors(random_checkpoint, casia_dir, tmp_path, capsys):
+    ann = casia_dir / "val_annotation.json"
+    assert main(["eval", "--weights", str(random_checkpoint), "--ann", str(tmp_path / "nope.json"),
+                 "--images", str(casia_dir), "--out", str(tmp_path / "o")]) == 2
+    assert "nope.json: annotation file not found" in capsys.readouterr().err
+    assert main(["eval", "--weights", str(tmp_path / "w.pth"), "--ann", str(ann),
+                 "--images", str(casia_dir), "--out", str(tmp_path / "o")]) == 2
+    assert "w.pth" in capsys.readouterr().err
+    assert main(["eval", "--weights", str(random_checkpoint), "--ann", str(ann),
+                 "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "nowhere: images folder not found" in capsys.readouterr().err
+    # A model whose classes are not the dataset's.
+    assert main(["eval", "--config", "demo_shapes", "--weights", str(_shapes_checkpoint(tmp_path)),
+                 "--ann", str(ann), "--images", str(casia_dir), "--out", str(tmp_path / "o")]) == 2
+    assert "none of the model's 4 classes" in capsys.readouterr().err
+
+
+def _shapes_checkpoint(tmp_path: Path) -> Path:
+    cfg = load_config("demo_shapes")
+    path = tmp_path / "shapes.pth"
+    atomic_save(make_checkpoint(SOLOv2(cfg.model), cfg.to_dict()), path)
+    return path
+
+
+def test_evaluate_dataset_unwraps_ddp_and_restores_mode(random_checkpoint, casia_dir, tmp_path):
+    import torch.distributed as dist
+
+    from solov2.engine.predictor import Predictor
+
+    predictor = Predictor.from_config(None, random_checkpoint)
+    model = predictor.model.train()
+    kwargs = dict(progress=False, max_images=3)
+    plain = evaluate_dataset(model, predictor.cfg, casia_dir / "val_annotation.json", casia_dir, **kwargs)
+    assert model.training  # training mode restored
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        via_ddp = evaluate_dataset(wrapped, predictor.cfg, casia_dir / "val_annotation.json", casia_dir,
+                                   out_dir=tmp_path / "ddp", **kwargs)
+    finally:
+        dist.destroy_process_group()
+    assert model.training
+    assert plain["detections"] > 0 and plain["images"] == 3
+    for key in ("mask_AP", "mask_AP50", "box_AP", "detections"):
+        assert via_ddp[key] == plain[key]
+    assert (tmp_path / "ddp" / "results.json").is_file()
+
+
+def test_torchrun_gives_the_same_numbers(random_checkpoint, casia_dir, tmp_path):
+    args = ["--weights", str(random_checkpoint), "--ann", str(casia_dir / "val_annotation.json"),
+            "--images", str(casia_dir), "--device", "cpu", "--max-images", "5", "--batch-size", "1", "--quiet"]
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    single = subprocess.run([sys.executable, "-m", "solov2", "eval", *args, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr
+    port = str(29600 + os.getpid() % 1000)
+    multi = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+         "-m", "solov2", "eval", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert multi.returncode == 0, multi.stderr
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert one["images"] == two["images"] == 5 and one["detections"] > 0
+    for key, value in one.items():
+        if key.startswith(("mask_", "box_")) or key in ("per_class", "detections"):
+            assert two[key] == value, key
+    rec_one = json.loads((tmp_path / "one" / "results.json").read_text())
+    rec_two = json.loads((tmp_path / "two" / "results.json").read_text())
+    key = lambda r: (r["image_id"], -r["score"], r["category_id"])  # noqa: E731
+    assert sorted(rec_one, key=key) == sorted(rec_two, key=key)
+    # Only rank 0 prints the tables.
+    assert multi.stdout.count("results:") == 1
+    assert np.isfinite(one["mask_AP"])
