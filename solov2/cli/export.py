@@ -39,10 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..engine.predictor import resolve_config
-    from ..export.onnx import export_onnx
-    from ..model import SOLOv2
     from ..checkpoint import load_weights
+    from ..engine.predictor import resolve_config
+    from ..export.onnx import ExportableSOLOv2, export_onnx
+    from ..model import SOLOv2
 
     try:
         cfg, state_dict, source = resolve_config(args.config, args.weights, args.overrides)
@@ -58,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({size_mb:.1f} MiB, opset {args.opset}, config {cfg.name})")
     if not args.no_check:
         from ..export.onnx_runtime import OnnxPredictor
-        from ..export.onnx import ExportableSOLOv2
 
         torch.manual_seed(0)
         images = torch.randn(1, 3, args.height, args.width)

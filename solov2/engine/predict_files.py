@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
@@ -18,6 +15,7 @@ from ..data.image_io import ImageReadError, read_image
 from ..data.sources import Source, VideoReadError, open_video, read_frames
 from ..evaluation.results import to_coco_records
 from ..visualize import draw_result
+from .evaluate import write_json_atomic
 from .predictor import PredictionResult
 
 
@@ -34,20 +32,6 @@ class PredictSummary:
     videos: int = 0
     instances: int = 0
     failures: list[str] = field(default_factory=list)
-
-
-def write_json_atomic(obj: object, path: Path) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _save_masks(result: PredictionResult, folder: Path, stem: str) -> None:

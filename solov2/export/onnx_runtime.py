@@ -7,6 +7,7 @@ results equal the PyTorch path's up to the graph's float rounding.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Sequence
 
@@ -39,14 +40,18 @@ class OnnxPredictor(Predictor):
         providers: Sequence[str] | None = None,
         num_threads: int = 0,
     ):
-        import onnxruntime as ort
-
+        try:
+            import onnx  # noqa: F401  (read_onnx_config needs it)
+            import onnxruntime as ort
+        except ImportError as err:
+            raise RuntimeError(f"the onnxruntime backend needs onnx and onnxruntime ({err}): "
+                               "pip install 'solov2[onnx]'") from err
         onnx_path = Path(onnx_path)
         try:
             stored = read_onnx_config(onnx_path)
         except (OSError, ValueError) as err:
             raise ConfigError(str(err)) from err
-        cfg = apply_overrides(read_onnx_config(onnx_path), overrides)
+        cfg = apply_overrides(copy.deepcopy(stored), overrides)
         if cfg.model != stored.model:
             raise ConfigError("model.* settings are fixed in an exported model; only test.* and input.* "
                               "can be overridden")
