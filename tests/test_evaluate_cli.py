@@ -113,10 +113,15 @@ def _shapes_checkpoint(tmp_path: Path) -> Path:
 def test_evaluate_dataset_unwraps_ddp_and_restores_mode(random_checkpoint, casia_dir, tmp_path):
     import torch.distributed as dist
 
+    from solov2.checkpoint import load_checkpoint, load_weights
     from solov2.engine.predictor import Predictor
+    from solov2.model import SOLOv2
 
     predictor = Predictor.from_config(None, random_checkpoint)
-    model = predictor.model.train()
+    # A trainable model, as training validates it (the predictor's own copy is inference-only).
+    model = SOLOv2(predictor.cfg.model)
+    load_weights(model, load_checkpoint(random_checkpoint).state_dict)
+    model.train()
     kwargs = dict(progress=False, max_images=3)
     plain = evaluate_dataset(model, predictor.cfg, casia_dir / "val_annotation.json", casia_dir, **kwargs)
     assert model.training  # training mode restored
