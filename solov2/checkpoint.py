@@ -7,9 +7,7 @@ project's names; ``load_weights`` loads it into a model, strictly by default.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .atomic import atomic_open
 
 OWN_FORMAT = "solov2"
 FORMAT_VERSION = 1
@@ -205,19 +205,8 @@ def load_weights(
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file beside ``path``, then rename: a crash leaves the old file whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def make_checkpoint(model: nn.Module, config: dict[str, Any], **extra: Any) -> dict[str, Any]:

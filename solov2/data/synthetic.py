@@ -18,18 +18,16 @@ Deterministic: image ``i`` of a split depends only on (seed, split, i, size, opt
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
+
+from ..atomic import write_json_atomic
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "star")
 SPLITS = {"train": 1, "val": 2}
@@ -189,18 +187,6 @@ def draw_image(rng: np.random.Generator, options: ShapesOptions) -> tuple[np.nda
 # ---------------------------------------------------------------------------- writing
 
 
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def make_split(out_dir: Path, split: str, count: int, seed: int, options: ShapesOptions,
                progress: bool = True) -> Path:
     """Write ``count`` images to ``out_dir/split/`` and their annotations to ``out_dir/split.json``."""
@@ -235,7 +221,7 @@ def make_split(out_dir: Path, split: str, count: int, seed: int, options: Shapes
         "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)],
     }
     ann_file = out_dir / f"{split}.json"
-    _write_json_atomic(data, ann_file)
+    write_json_atomic(data, ann_file)
     return ann_file
 
 

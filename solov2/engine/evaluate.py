@@ -8,11 +8,8 @@ files, and every process returns the same metrics.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import sys
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +23,7 @@ from pycocotools.coco import COCO
 from torch import nn
 from tqdm import tqdm
 
+from ..atomic import write_json_atomic
 from ..config import Config
 from ..data.coco_classes import COCO_CATEGORY_IDS, class_names_and_ids
 from ..data.image_io import ImageReadError, read_image
@@ -100,20 +98,6 @@ def match_categories(cfg: Config, categories: Sequence[dict[str, Any]]) -> tuple
                      f"they have instances): {', '.join(dataset_ids[i] for i in unmatched_data[:8])}"
                      f"{' ...' if len(unmatched_data) > 8 else ''}")
     return mapping, notes
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read(path: Path, expected: tuple[int, int]) -> np.ndarray:

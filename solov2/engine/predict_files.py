@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic import write_json_atomic
 from ..data.image_io import ImageReadError, read_image
 from ..data.sources import Source, VideoReadError, open_video, read_frames
 from ..evaluation.results import to_coco_records
 from ..visualize import draw_result
-from .evaluate import write_json_atomic
 from .predictor import PredictionResult
 
 

@@ -7,7 +7,6 @@ authors' release does.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 
