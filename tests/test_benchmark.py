@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
 from solov2.checkpoint import atomic_save, make_checkpoint
@@ -16,20 +17,45 @@ from solov2.cli import main
 from solov2.config import load_config
 from solov2.engine.benchmark import crafted_outputs
 from solov2.model import SOLOv2
-from solov2.model.postprocess import flatten_levels
+from solov2.model.postprocess import flatten_levels, postprocess
 
 # A small network: the heads' cost does not shrink with the input size, their grids do.
 TINY = ["model.num_classes=3", "model.grids=[8,6,4,4,2]", "model.head_channels=64",
         "model.fpn_channels=64", "model.kernel_channels=32", "model.mask_mid_channels=32"]
 
 
-def test_crafted_load_has_exactly_the_requested_candidates():
+@pytest.mark.parametrize("load", ["blobs", "noise"])
+def test_crafted_load_has_exactly_the_requested_candidates(load):
     cfg = load_config("light_448_r18")
-    logits, kernels, features, passing = crafted_outputs(cfg, 2, 64, 96, 500, torch.Generator().manual_seed(0))
+    logits, kernels, features, passing = crafted_outputs(cfg, 2, 64, 96, 500, torch.Generator().manual_seed(0), load)
     probs, _ = flatten_levels(logits, kernels)
     assert passing == 500
     assert [int((p > cfg.test.score_thr).sum()) for p in probs] == [500, 500]
     assert features.shape == (2, cfg.model.kernel_channels, 16, 24)
+    # Tiny grids (34 cells): more candidates than cells, so some cells carry two classes.
+    tiny = load_config("light_448_r18", TINY)
+    logits, kernels, _, passing = crafted_outputs(tiny, 1, 64, 96, 40, torch.Generator().manual_seed(0), load)
+    probs, _ = flatten_levels(logits, kernels)
+    assert passing == 40 and int((probs > tiny.test.score_thr).sum()) == 40
+
+
+def test_crafted_loads_mask_sizes():
+    """blobs: compact masks from a few pixels to large parts of the image; noise: every returned
+    mask covers about half of the image, spread over all of it."""
+    cfg = load_config("light_448_r18")
+    fractions = {}
+    for load in ("blobs", "noise"):
+        logits, kernels, features, _ = crafted_outputs(cfg, 1, 448, 672, 500, torch.Generator().manual_seed(0), load)
+        with torch.inference_mode():
+            (det,) = postprocess(logits, kernels, features, [(448, 672)], [(480, 720)], cfg.model.grids,
+                                 cfg.model.strides, cfg.test)
+        assert len(det) == cfg.test.max_per_img
+        fractions[load] = det.masks.flatten(1).float().mean(1)
+    blobs, noise = fractions["blobs"], fractions["noise"]
+    assert blobs.min() < 0.005 and blobs.median() < 0.1 and blobs.max() > 0.15
+    assert noise.min() > 0.3
+    with pytest.raises(ValueError, match="load"):
+        crafted_outputs(cfg, 1, 64, 96, 10, torch.Generator(), "stripes")
 
 
 def test_benchmark_command_writes_all_figures(tmp_path, casia_dir, capsys):

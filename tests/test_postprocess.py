@@ -1,6 +1,12 @@
 """Inference post-processing: points NMS and Matrix NMS on hand-worked cases, post-processing
 on crafted kernels and features, and equality with a plain loop-based re-implementation of the
-authors' release (get_seg_single + matrix_nms + points_nms of WXinlong/SOLO)."""
+authors' release (get_seg_single + matrix_nms + points_nms of WXinlong/SOLO).
+
+Labels and scores must equal the reference's. Final masks: the post-processing resizes with
+exact-in-math matrices rounded differently from ``F.interpolate`` (see solov2/model/postprocess.py),
+so a mask pixel may differ only where the reference's upsampled probability lies within
+MASK_TOLERANCE of mask_thr (``assert_masks_agree``).
+"""
 
 from __future__ import annotations
 
@@ -16,13 +22,17 @@ from solov2.model.postprocess import (
     Detections,
     cell_strides,
     flatten_levels,
+    mask_intersections,
     matrix_nms,
     points_nms,
     postprocess,
     postprocess_image,
+    resize_masks,
+    score_masks,
 )
 
 STRIDES = [8, 8, 16, 32, 32]
+MASK_TOLERANCE = 1e-5  # a final mask pixel may differ only where the reference probability is this close to mask_thr
 
 
 def logit(p: float) -> float:
@@ -123,12 +133,18 @@ def ref_get_seg_single(cate_preds, kernel_preds, seg_preds, grids, strides, img_
     survivors = sorted(survivors, key=lambda d: -d["score"])[: cfg.max_per_img]
 
     stacked = torch.stack([d["prob"] for d in survivors]).unsqueeze(0)
-    up = F.interpolate(stacked, size=(feat_h * 4, feat_w * 4), mode="bilinear", align_corners=False)
-    up = up[:, :, :h, :w]
-    masks = F.interpolate(up, size=tuple(ori_shape), mode="bilinear", align_corners=False).squeeze(0) > 0.5
+    probs = ref_resize(stacked.squeeze(0), img_shape, ori_shape)
     labels = torch.tensor([d["label"] for d in survivors])
     scores = torch.tensor([d["score"] for d in survivors], dtype=torch.float64)
-    return masks, labels, scores
+    return probs > cfg.mask_thr, labels, scores, probs
+
+
+def ref_resize(probs, img_shape, ori_shape):
+    """The release's final resizes of (k, h, w) mask probabilities: x4, crop, to the original size."""
+    feat_h, feat_w = probs.shape[-2:]
+    up = F.interpolate(probs.unsqueeze(0), size=(feat_h * 4, feat_w * 4), mode="bilinear", align_corners=False)
+    up = up[:, :, : img_shape[0], : img_shape[1]]
+    return F.interpolate(up, size=tuple(ori_shape), mode="bilinear", align_corners=False).squeeze(0)
 
 
 def ref_postprocess(category_logits, kernels, mask_features, image_sizes, original_sizes, grids, strides, cfg):
@@ -143,18 +159,28 @@ def ref_postprocess(category_logits, kernels, mask_features, image_sizes, origin
     return results
 
 
-def assert_same(ours: Detections, ref, original_size):
+def assert_masks_agree(ours: torch.Tensor, ref_probs: torch.Tensor, mask_thr: float) -> int:
+    """Our boolean masks against the reference's probabilities: equal to ref_probs > mask_thr
+    except where those lie within MASK_TOLERANCE of mask_thr. Returns the differing pixels."""
+    assert ours.dtype == torch.bool and ours.shape == ref_probs.shape
+    differ = ours != (ref_probs > mask_thr)
+    distance = (ref_probs[differ] - mask_thr).abs()
+    assert torch.all(distance < MASK_TOLERANCE), (int(differ.sum()), float(distance.max()))
+    return int(differ.sum())
+
+
+def assert_same(ours: Detections, ref, original_size, mask_thr=0.5):
     if ref is None:
         assert len(ours) == 0
         assert tuple(ours.masks.shape) == (0, *original_size)
         assert ours.labels.shape == (0,) and ours.scores.shape == (0,)
         return
-    masks, labels, scores = ref
+    masks, labels, scores, probs = ref
     assert ours.masks.dtype == torch.bool
     assert tuple(ours.masks.shape) == (len(labels), *original_size)
     assert torch.equal(ours.labels.cpu(), labels), (ours.labels, labels)
     torch.testing.assert_close(ours.scores.double(), scores, rtol=2e-5, atol=1e-7)
-    assert torch.equal(ours.masks, masks)
+    assert_masks_agree(ours.masks, probs, mask_thr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,3 +547,152 @@ def test_postprocess_on_model_outputs(random_model):
     (ref,) = ref_postprocess(logits, kernels, feats, [(60, 90)], [(120, 180)], grids, strides, cfg)
     assert_same(ours, ref, (120, 180))
     assert len(ours) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The faster pieces against their straightforward forms.
+
+
+def test_points_nms_equals_max_pool_form():
+    """Shifted maxima give exactly max_pool2d(kernel 2, stride 1, padding 1) cropped, ties included."""
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 80, 40, 40), (2, 3, 5, 7), (1, 2, 1, 1), (1, 1, 1, 6), (3, 4, 12, 12)]:
+        for heat in (torch.rand(shape, generator=g), torch.randint(0, 3, shape, generator=g).float() / 2):
+            pooled = F.max_pool2d(heat, kernel_size=2, stride=1, padding=1)[..., :-1, :-1]
+            assert torch.equal(points_nms(heat), heat * (pooled == heat))
+
+
+@pytest.mark.parametrize("mask_thr", [0.5, 0.0, -0.1, 0.97])
+@pytest.mark.parametrize("block", [1, 5, 16, 64])
+def test_score_masks_equals_straightforward_form(mask_thr, block):
+    """Bit-identical to sigmoid, threshold, areas and (probs * masks.float()).sum over (h, w),
+    whatever the block size, with empty and full masks among the rows."""
+    g = torch.Generator().manual_seed(1)
+    n, h, w = 37, 11, 13
+    logits = torch.randn(n, h * w, generator=g) * 3 + torch.linspace(-8, 8, n)[:, None]
+    logits[0] = -30.0  # empty mask (probabilities 0 after underflow, or tiny)
+    logits[1] = 30.0  # full mask
+    probs = logits.sigmoid()
+    masks = probs > mask_thr
+    areas = masks.view(n, h, w).sum((1, 2), dtype=torch.float32)
+    sums = (probs.view(n, h, w) * masks.view(n, h, w).float()).sum((1, 2))
+    got = logits.clone()
+    got_masks, got_areas, got_sums = score_masks(got, mask_thr, block)
+    assert torch.equal(got, probs)  # sigmoid in place
+    assert torch.equal(got_masks, masks)
+    assert torch.equal(got_areas, areas)
+    assert torch.equal(got_sums, sums)
+
+
+def test_mask_intersections_same_class_and_rows():
+    g = torch.Generator().manual_seed(2)
+    masks = torch.rand(40, 9, 10, generator=g) > 0.6
+    rows = torch.randperm(40, generator=g)[:25]
+    labels = torch.randint(0, 4, (25,), generator=g)
+    full = mask_intersections(masks[rows])
+    assert torch.equal(full, (masks[rows].flatten(1).double() @ masks[rows].flatten(1).double().t()).float())
+    same = labels[:, None] == labels[None, :]
+    assert torch.equal(mask_intersections(masks, labels, rows), torch.where(same, full, 0.0))
+    assert torch.equal(mask_intersections(masks, labels[:1] * 0 + labels[0], rows[:1]), full[:1, :1])
+    one_class = torch.zeros(25, dtype=torch.long)
+    assert torch.equal(mask_intersections(masks, one_class, rows), full)
+
+
+def blob_probs(g, k, h, w):
+    """(k, h, w) probabilities: smooth random blobs, with sharpness varying per mask."""
+    low = torch.randn(k, 1, max(h // 4, 1), max(w // 4, 1), generator=g)
+    smooth = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
+    sharpness = torch.rand(k, 1, 1, generator=g) * 20 + 1
+    return (smooth * sharpness - 1.5).sigmoid()
+
+
+def edge_cases(g, h, w):
+    """Masks that probe the windows: one pixel (corners, edges, centre), a single row or column,
+    empty, full, a blob inside the padding (cropped away when the image is smaller), and noise."""
+    probs = torch.rand(12, h, w, generator=g) * 0.45  # below 0.5 everywhere
+    for k, (y, x) in enumerate([(0, 0), (h - 1, w - 1), (0, w - 1), (h - 1, 0), (h // 2, w // 2)]):
+        probs[k, y, x] = 0.9
+    probs[5, h // 3, :] = 0.8
+    probs[6, :, w // 3] = 0.51
+    # 7: empty
+    probs[8] = 0.7 + 0.2 * torch.rand(h, w, generator=g)  # full
+    probs[9, h - 2 :, w - 3 :] = 0.95  # bottom-right corner: in the padding when the image is cropped
+    probs[10] = torch.rand(h, w, generator=g)  # noise
+    probs[11, 1:3, 2:4] = torch.tensor([[0.5, 0.5 + 1e-7], [0.52, 0.5 - 1e-7]])  # at the threshold
+    return probs
+
+
+RESIZE_CASES = [  # feature (h, w), resized image (h, w) <= 4 x feature, original (h, w)
+    ((16, 24), (64, 96), (128, 192)),  # x2 up, no crop
+    ((16, 24), (60, 90), (120, 170)),  # crop, then up
+    ((16, 24), (64, 80), (37, 41)),  # crop, then down, odd sizes
+    ((16, 24), (56, 96), (56, 96)),  # crop only
+    ((15, 13), (57, 49), (101, 31)),  # odd everything: up in y, down in x
+    ((8, 12), (29, 45), (300, 13)),  # strong up in y, strong down in x
+    ((112, 168), (448, 672), (480, 720)),  # the benchmark's sizes
+    ((112, 168), (448, 597), (480, 640)),  # a COCO 480x640 photo at the light presets
+]
+
+
+@pytest.mark.parametrize("feature,image,original", RESIZE_CASES)
+@pytest.mark.parametrize("band", [1, 7, 96, 10_000])
+def test_resize_masks_agrees_with_interpolate(feature, image, original, band):
+    """resize_masks against F.interpolate x4, crop, F.interpolate, threshold, on blobs and edge
+    cases, for a shuffled subset of the rows: the only differing pixels are those whose
+    F.interpolate probability lies within MASK_TOLERANCE of mask_thr."""
+    g = torch.Generator().manual_seed(sum(feature) + sum(original) + band)
+    h, w = feature
+    probs = torch.cat([blob_probs(g, 20, h, w), edge_cases(g, h, w)])
+    for mask_thr in (0.5, 0.3):
+        masks = probs > mask_thr
+        index = torch.randperm(len(probs), generator=g)[:25]
+        if mask_thr == 0.5:
+            index = torch.cat([index, torch.arange(20, len(probs))]).unique(sorted=False)  # all edge cases
+        ours = resize_masks(probs, masks, index, image, original, mask_thr, band)
+        ref = ref_resize(probs[index], image, original)
+        assert ours.shape == (len(index), *original)
+        differing = assert_masks_agree(ours, ref, mask_thr)
+        assert differing <= 1e-4 * ref.numel()
+        # The masks are neither trivial nor all alike: some pixels on, some off, per shape.
+        assert 0 < int(ours.sum()) < ours.numel()
+
+
+def test_resize_masks_windows_cover_what_interpolate_turns_on():
+    """A mask whose window is computed too small loses pixels: check the pixels just outside each
+    mask's above-threshold bounding box (after resizing) for single-pixel masks everywhere."""
+    h, w, image, original = 6, 5, (22, 17), (31, 9)
+    probs = torch.full((h * w, h, w), 0.2)
+    for k in range(h * w):
+        probs[k, k // w, k % w] = 1.0
+    masks = probs > 0.5
+    index = torch.arange(h * w)
+    ours = resize_masks(probs, masks, index, image, original, 0.5, band=2)
+    ref = ref_resize(probs, image, original)
+    assert torch.equal(ours, ref > 0.5)  # no pixel near 0.5 here: exactly equal
+    assert int((ref > 0.5).flatten(1).any(1).sum()) > h * w // 2  # most single pixels survive the crop
+
+
+def test_resize_masks_empty_index():
+    probs = torch.rand(3, 4, 5)
+    out = resize_masks(probs, probs > 0.5, torch.zeros(0, dtype=torch.long), (16, 20), (7, 9), 0.5)
+    assert out.shape == (0, 7, 9) and out.dtype == torch.bool
+
+
+def test_score_masks_long_rows_two_threads():
+    """Rows longer than PyTorch's grain size with two threads, and a row count one more than a
+    multiple of the block: still identical to the unblocked computation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(3)
+        n, length = 33, 40_200
+        logits = torch.randn(n, length, generator=g) * 2
+        probs = logits.sigmoid()
+        masks = probs > 0.5
+        got = logits.clone()
+        got_masks, got_areas, got_sums = score_masks(got, 0.5, block=16)
+        assert torch.equal(got, probs) and torch.equal(got_masks, masks)
+        assert torch.equal(got_areas, masks.sum(1, dtype=torch.float32))
+        assert torch.equal(got_sums, (probs * masks.float()).sum(1))
+    finally:
+        torch.set_num_threads(threads)

@@ -22,7 +22,8 @@ Every time is the median over --repeats rounds after --warmup. The floor is the 
 FLOPs divided by the throughput of a large 3x3 convolution (256 channels, H/4 x W/4) in the
 same precision, measured right before each timed item; 'vs floor' is the median per-round
 ratio. Post-processing is timed with --candidates pairs above the score threshold per
-image; the training step at 2 images x --instances instances.
+image, whose masks are compact blobs (--postprocess-load noise: the worst case); the
+training step at 2 images x --instances instances.
 """
 
 
@@ -49,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
     parser.add_argument("--candidates", type=int, default=500,
                         help="post-processing load: pairs above the score threshold per image (default: %(default)s)")
+    parser.add_argument("--postprocess-load", default="blobs", choices=["blobs", "noise"],
+                        help="the candidates' masks: compact blobs of COCO-like sizes, or noise over the whole "
+                             "image (the worst case for the final resize) (default: %(default)s)")
     parser.add_argument("--instances", type=int, default=30,
                         help="instances per training image (default: %(default)s)")
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         config=args.config or (None if args.weights else "light_448_r18"), overrides=list(args.overrides),
         height=args.size[0], width=args.size[1], batch=args.batch, precision=args.precision,
         device=args.device, repeats=args.repeats, warmup=args.warmup, candidates=args.candidates,
+        postprocess_load=args.postprocess_load,
         sections=sections, instances=args.instances, fold_bn=not args.no_fold_bn,
         channels_last=not args.no_channels_last, compile=args.compile,
         weights=args.weights, agreement_images=list(args.agreement_images), threads=args.threads,

@@ -5,7 +5,9 @@ prints it. It times, for one preset and input size:
 
 - inference at batch 1 and batch N, broken down into preprocess, backbone, FPN, heads, mask
   features and post-processing (at a realistic load: ``candidates`` (cell, class) pairs
-  above the score threshold per image);
+  above the score threshold per image, whose masks are compact blobs of COCO-like sizes;
+  ``postprocess_load="noise"``: masks spanning the whole image, the worst case; see
+  ``crafted_outputs``);
 - a training step at ``train_images`` images with ``instances`` instances each, broken down
   into data, targets, forward, loss, backward and optimizer;
 - peak memory, the FLOPs of every part (``torch.utils.flop_counter``), and optionally the
@@ -35,6 +37,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -62,6 +65,7 @@ class BenchmarkOptions:
     repeats: int = 10  # timed rounds; medians over them
     warmup: int = 2
     candidates: int = 500  # (cell, class) pairs above the score threshold, per image
+    postprocess_load: str = "blobs"  # masks of those candidates: "blobs" or "noise" (crafted_outputs)
     sections: list[str] = field(default_factory=lambda: ["inference", "training"])  # of SECTIONS
     train_images: int = 2
     instances: int = 30  # per training image
@@ -237,19 +241,34 @@ def random_images(count: int, size: tuple[int, int], rng: np.random.Generator) -
     return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(count)]
 
 
+POSTPROCESS_LOADS = ("blobs", "noise")
+
+
 def crafted_outputs(
-    cfg: Config, batch: int, height: int, width: int, candidates: int, generator: torch.Generator
+    cfg: Config, batch: int, height: int, width: int, candidates: int, generator: torch.Generator,
+    load: str = "blobs",
 ) -> tuple[list[Tensor], list[Tensor], Tensor, int]:
     """Head outputs with exactly ``candidates`` (cell, class) pairs per image above the score
-    threshold after points NMS.
+    threshold after points NMS. Returns (category logits, kernels, mask features, candidates).
 
     Candidates sit on even rows and columns of the grids (so no two share a 2x2 window and
-    points NMS keeps them all), in the first ten classes, with probabilities spread over
-    (score_thr, 0.9]; every other logit is -10. Kernels and mask features are random, so each
-    candidate's mask covers about half the image: all pass the small-mask filter, Matrix NMS
-    sees ``min(candidates, nms_pre)`` masks and ``max_per_img`` survive, the heaviest load the
-    final upsampling can get. Returns (category logits, kernels, mask features, candidates).
+    points NMS keeps them all) with probabilities spread over (score_thr, 0.9]; every other
+    logit is -10. The masks depend on ``load``:
+
+    - ``"blobs"`` (realistic): the candidates belong to ``candidates // 10`` objects (about ten
+      candidates each, as neighbouring cells and levels fire around an object in the release),
+      one of the first ten classes each. An object is a soft ellipse, centre uniform over the
+      image, diameter log-uniform from 1.5% to 80% of the image's short side (about 40% of the
+      objects under 32x32 pixels at 480x720, 30% over 96x96: a COCO-like spread), aspect ratio
+      0.5 to 2; each candidate sees its object's ellipse moved by up to 20% of its radii and
+      scaled by 0.8 to 1.25, plus a smooth random texture. Mask probabilities ramp from 0.1 to
+      0.9 across about two mask-feature pixels at the edge and fall to ~0 away from the object.
+    - ``"noise"`` (worst case for the final resize): random kernels and features, so every
+      mask is salt-and-pepper noise over about half of the whole image, all pass the small-mask
+      filter and ``max_per_img`` survive; every returned mask spans the whole image.
     """
+    if load not in POSTPROCESS_LOADS:
+        raise ValueError(f"post-processing load must be one of {POSTPROCESS_LOADS}, got {load!r}")
     m = cfg.model
     classes = min(10, m.num_classes)
     slots = [(level, i, j) for level, s in enumerate(m.grids) for i in range(0, s, 2) for j in range(0, s, 2)]
@@ -257,19 +276,84 @@ def crafted_outputs(
     count = min(candidates, len(pairs))
     logits = [torch.full((batch, m.num_classes, s, s), -10.0) for s in m.grids]
     low, high = cfg.test.score_thr, 0.9
-    for b in range(batch):
-        chosen = torch.randperm(len(pairs), generator=generator)[:count]
-        probs = low + (high - low) * (1 - torch.rand(count, generator=generator))  # (low, high]
-        probs = probs.clamp(min=low + 1e-3)
-        for index, p in zip(chosen.tolist(), torch.logit(probs).tolist()):
-            level, i, j, c = pairs[index]
-            logits[level][b, c, i, j] = p
     e = m.kernel_channels
-    kernels = [torch.randn(batch, e, s, s, generator=generator) / e**0.5 for s in m.grids]
-    mask_features = torch.randn(batch, e, height // 4, width // 4, generator=generator)
+    if load == "noise":
+        for b in range(batch):
+            chosen = torch.randperm(len(pairs), generator=generator)[:count]
+            probs = low + (high - low) * (1 - torch.rand(count, generator=generator))  # (low, high]
+            probs = probs.clamp(min=low + 1e-3)
+            for index, p in zip(chosen.tolist(), torch.logit(probs).tolist()):
+                level, i, j, c = pairs[index]
+                logits[level][b, c, i, j] = p
+        kernels = [torch.randn(batch, e, s, s, generator=generator) / e**0.5 for s in m.grids]
+        mask_features = torch.randn(batch, e, height // 4, width // 4, generator=generator)
+    else:
+        kernels = [torch.zeros(batch, e, s, s) for s in m.grids]
+        mask_features = blob_features(batch, e, height // 4, width // 4, generator)
+        for b in range(batch):
+            fill_blob_candidates(logits, kernels, b, slots, count, classes, (low, high),
+                                 (height // 4, width // 4), generator)
     probs, _ = flatten_levels(logits, kernels)
     passing = int((probs[0] > cfg.test.score_thr).sum())
     return logits, kernels, mask_features, passing
+
+
+BLOB_BASIS = 5  # mask-feature channels 0-4: 1, u, v, u^2, v^2 (u, v: pixel coordinates / long side)
+
+
+def blob_features(batch: int, channels: int, h: int, w: int, generator: torch.Generator) -> Tensor:
+    """Mask features for the "blobs" load: a quadratic basis (so a kernel can draw an ellipse)
+    and, on the other channels, smooth unit-variance noise (texture)."""
+    if channels < BLOB_BASIS + 1:
+        raise ValueError(f"the blobs load needs at least {BLOB_BASIS + 1} kernel channels, got {channels}")
+    side = max(h, w)
+    v, u = torch.meshgrid(torch.arange(h) / side, torch.arange(w) / side, indexing="ij")
+    basis = torch.stack([torch.ones_like(u), u, v, u * u, v * v])
+    low = torch.randn(batch, channels - BLOB_BASIS, max(h // 8, 1), max(w // 8, 1), generator=generator)
+    texture = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    texture = texture / texture.std()
+    return torch.cat([basis.expand(batch, -1, -1, -1), texture], 1)
+
+
+def fill_blob_candidates(
+    logits: list[Tensor], kernels: list[Tensor], b: int, slots: list[tuple[int, int, int]], count: int,
+    classes: int, prob_range: tuple[float, float], size: tuple[int, int], generator: torch.Generator,
+) -> None:
+    """Write image ``b``'s ``count`` candidates of the "blobs" load (see ``crafted_outputs``):
+    one slot (cell) each, a second class at a slot only once every slot is used."""
+    h, w = size
+    side, short = max(h, w), min(h, w)
+    rand = lambda *shape: torch.rand(shape, generator=generator)  # noqa: E731
+    objects = max(1, count // 10)
+    centre = rand(objects, 2) * torch.tensor([h, w])  # (y, x) in mask-feature pixels
+    diameter = short * 0.015 * (0.8 / 0.015) ** rand(objects)
+    aspect = 4 ** (rand(objects) - 0.5)  # 0.5 to 2
+    radii = torch.stack([diameter * aspect.sqrt(), diameter / aspect.sqrt()], 1) / 2
+    label = torch.randint(classes, (objects,), generator=generator)
+
+    low, high = prob_range
+    probs = (low + (high - low) * (1 - rand(count))).clamp(min=low + 1e-3)
+    owner = torch.randint(objects, (count,), generator=generator)
+    order = torch.randperm(len(slots), generator=generator)
+    e = kernels[0].shape[1]
+    for k in range(count):
+        level, i, j = slots[int(order[k % len(slots)])]
+        o = int(owner[k % len(slots)])
+        logits[level][b, (int(label[o]) + k // len(slots)) % classes, i, j] = torch.logit(probs[k])
+        if k >= len(slots):
+            continue  # the slot's kernel (its mask) is already set
+        r = radii[o] * 1.25 ** (2 * rand(2) - 1)
+        cy, cx = (centre[o] + 0.2 * r * (2 * rand(2) - 1)).tolist()
+        ry, rx = r.clamp(min=0.5).tolist()
+        # logit = s (1 - ((x - cx) / rx)^2 - ((y - cy) / ry)^2), x = u * side, y = v * side: the
+        # slope at the edge is 2 s / r per pixel, so s = r gives a ramp about 2 pixels wide.
+        s = max(2.0, (rx * ry) ** 0.5)
+        ax, ay = rx / side, ry / side
+        cu, cv = cx / side, cy / side
+        quadratic = torch.tensor([s * (1 - (cu / ax) ** 2 - (cv / ay) ** 2), 2 * s * cu / ax**2,
+                                  2 * s * cv / ay**2, -s / ax**2, -s / ay**2])
+        texture = torch.randn(e - BLOB_BASIS, generator=generator) / (e - BLOB_BASIS) ** 0.5
+        kernels[level][b, :, i, j] = torch.cat([quadratic, texture])
 
 
 @dataclass
@@ -375,7 +459,8 @@ def inference_section(
     with torch.inference_mode(), ctx():
         features = network.backbone(x)
         pyramid = network.fpn(features)
-    logits, kernels, mask_features, passing = crafted_outputs(cfg, batch, h, w, options.candidates, generator)
+    logits, kernels, mask_features, passing = crafted_outputs(cfg, batch, h, w, options.candidates, generator,
+                                                                options.postprocess_load)
     logits = [t.to(device) for t in logits]
     kernels = [t.to(device) for t in kernels]
     mask_features = mask_features.to(device)
@@ -432,7 +517,7 @@ def inference_section(
         "network_best_round_ratio": rounds.best_ratio([prefix + "network"], network_flops),
         "stage_sum_ms": sum(st[n]["ms"] for n in ("backbone", "fpn", "heads", "mask_features")),
         "postprocess_share": st["postprocess"]["ms"] / latency,
-        "postprocess_load": {"candidates_above_score_thr": passing,
+        "postprocess_load": {"candidates_above_score_thr": passing, "masks": options.postprocess_load,
                              "instances_returned": [len(d) for d in detections]},
         "peak_memory": memory,
     })
@@ -765,6 +850,7 @@ def format_report(result: dict[str, Any]) -> str:
     for key, inf in result.get("inference", {}).items():
         lines += ["", f"inference {key.replace('_', ' ')} (original {inf['original_size'][0]}x{inf['original_size'][1]}, "
                       f"{inf['postprocess_load']['candidates_above_score_thr']} candidates/image, "
+                      f"{inf['postprocess_load']['masks']} masks, "
                       f"{inf['postprocess_load']['instances_returned']} returned)",
                   f"  {'stage':<16}{'ms':>10}{'ms/image':>10}{'min ms':>10}{'GFLOP':>9}{'vs floor':>10}{'best':>8}"]
         for name, s in inf["stages"].items():

@@ -1,9 +1,10 @@
 """Where the time goes: torch.profiler tables and the final-upsampling comparison.
 
-    python benchmarks/profile.py network --threads 1                 # forward pass, per operator
-    python benchmarks/profile.py network --threads 1 --plain         # without BN folding / channels-last
-    python benchmarks/profile.py postprocess --threads 1             # post-processing at 500 candidates
-    python benchmarks/profile.py upsample --threads 1                # NCHW vs channels-last mask resizing
+    python benchmarks/profile_ops.py network --threads 1                 # forward pass, per operator
+    python benchmarks/profile_ops.py network --threads 1 --plain         # without BN folding / channels-last
+    python benchmarks/profile_ops.py postprocess --threads 1             # post-processing at 500 candidates
+    python benchmarks/profile_ops.py postprocess --threads 1 --load noise # ... on the worst-case load
+    python benchmarks/profile_ops.py upsample --threads 1                # NCHW vs channels-last mask resizing
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def profile_network(args: argparse.Namespace) -> None:
 def profile_postprocess(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     h, w = args.height, args.width
-    logits, kernels, features, passing = crafted_outputs(cfg, 1, h, w, 500, torch.Generator().manual_seed(0))
+    logits, kernels, features, passing = crafted_outputs(cfg, 1, h, w, 500, torch.Generator().manual_seed(0),
+                                                         args.load)
     call = (logits, kernels, features, [(h, w)], [(round(h * 15 / 14), round(w * 15 / 14))],
             cfg.model.grids, cfg.model.strides, cfg.test)
     with torch.inference_mode():
@@ -61,7 +63,7 @@ def profile_postprocess(args: argparse.Namespace) -> None:
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(args.repeats):
                 postprocess(*call)
-    print(f"postprocess x{args.repeats}, {passing} candidates, {torch.get_num_threads()} threads")
+    print(f"postprocess x{args.repeats}, {args.load} load, {passing} candidates, {torch.get_num_threads()} threads")
     print(table(prof, args.rows))
 
 
@@ -110,6 +112,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=15)
     parser.add_argument("--plain", action="store_true", help="network: no BN folding, NCHW")
+    parser.add_argument("--load", default="blobs", choices=["blobs", "noise"],
+                        help="postprocess: the crafted masks (default: %(default)s)")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
