@@ -91,7 +91,8 @@ class TrainConfig:
     batch_size: int = 2  # images per process
     base_lr: float = 0.01  # for a total batch of base_batch_size; scaled linearly
     base_batch_size: int = 16
-    momentum: float = 0.9
+    optimizer: str = "sgd"  # "sgd" (the release's, with momentum) or "adamw"
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     warmup_ratio: float = 0.01

@@ -20,14 +20,17 @@ def draw_instances(
     labels: list[str],
     scores: np.ndarray,
     alpha: float = 0.5,
+    min_score: float = 0.0,
 ) -> np.ndarray:
-    """Overlay ``masks`` (N, H, W bool) on a copy of the image with "name 0.87" captions."""
+    """Overlay ``masks`` (N, H, W bool, sorted by descending score) on a copy of the image with
+    "name 0.87" captions; instances scored below ``min_score`` are not drawn."""
     canvas = image_bgr.copy()
     height, width = canvas.shape[:2]
     font_scale = max(0.35, min(height, width) / 900)
     thickness = max(1, round(font_scale * 2))
-    # Draw low scores first so the best instances end on top.
-    for index in reversed(range(len(scores))):
+    shown = [i for i in range(len(scores)) if float(scores[i]) >= min_score]
+    # Draw low scores first so the best instances and their captions end on top.
+    for index in reversed(shown):
         mask = masks[index]
         if not mask.any():
             continue
@@ -36,7 +39,7 @@ def draw_instances(
         canvas[mask] = (region * (1 - alpha) + np.float32(colour) * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(canvas, contours, -1, colour, thickness)
-    for index in range(len(scores)):
+    for index in reversed(shown):
         mask = masks[index]
         ys, xs = np.nonzero(mask)
         if len(xs) == 0:
@@ -51,6 +54,6 @@ def draw_instances(
     return canvas
 
 
-def draw_result(image_bgr: np.ndarray, result, alpha: float = 0.5) -> np.ndarray:
+def draw_result(image_bgr: np.ndarray, result, alpha: float = 0.5, min_score: float = 0.0) -> np.ndarray:
     """``draw_instances`` for a PredictionResult."""
-    return draw_instances(image_bgr, result.masks, result.class_names, result.scores, alpha)
+    return draw_instances(image_bgr, result.masks, result.class_names, result.scores, alpha, min_score)

@@ -185,3 +185,18 @@ def test_predict_nothing_to_do(tmp_path, capsys):
     code = main(["predict", str(tmp_path / "missing.jpg"), "--config", "light_448_r18"])
     assert code == 2
     assert "missing.jpg" in capsys.readouterr().err
+
+
+def test_overlay_draws_only_instances_above_the_show_threshold():
+    from solov2.visualize import draw_instances
+
+    image = np.full((80, 120, 3), 100, np.uint8)
+    masks = np.zeros((3, 80, 120), bool)
+    masks[0, 20:30, 5:15] = masks[1, 40:50, 5:15] = masks[2, 60:75, 90:110] = True
+    scores = np.array([0.9, 0.5, 0.1], np.float32)
+    drawn = draw_instances(image, masks, ["a", "b", "c"], scores, min_score=0.3)
+    changed = (drawn != image).any(-1)
+    assert changed[masks[0]].all() and changed[masks[1]].all()
+    assert not changed[55:80, 80:120].any()  # nor the 0.1 instance's mask, outline or caption
+    everything = draw_instances(image, masks, ["a", "b", "c"], scores)
+    assert (everything != image).any(-1)[masks[2]].all()

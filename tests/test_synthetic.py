@@ -36,7 +36,7 @@ def test_files_and_coco_validity(dataset):
         coco = load_coco(ann_file)  # passes the evaluation loader's checks
         for info in data["images"]:
             image = cv2.imread(str(images_dir / info["file_name"]))
-            assert image.shape == (info["height"], info["width"], 3) == (192, 192, 3)
+            assert image.shape == (info["height"], info["width"], 3) == (160, 160, 3)
         for ann in data["annotations"]:
             mask = _decode(ann)
             assert mask.sum() == ann["area"] > 0
@@ -50,7 +50,7 @@ def test_files_and_coco_validity(dataset):
 
 
 def test_masks_are_the_visible_parts():
-    options = ShapesOptions(size=(128, 160), min_objects=4, max_objects=7)
+    options = ShapesOptions(size=(128, 160), min_objects=3, max_objects=6, min_visible=0.5)
     occluded = 0
     for index in range(30):
         image, shapes = draw_image(np.random.default_rng([1, index]), options)
@@ -80,10 +80,10 @@ def test_sizes_span_every_fpn_level(dataset):
     cfg = load_config("demo_shapes")
     data = json.loads(Path(dataset.train_ann).read_text())
     scales = np.array([np.sqrt(a["bbox"][2] * a["bbox"][3]) for a in data["annotations"]])
-    scale = cfg.input.test_scale[1] / 192  # the config's test size over the image size
+    scale = cfg.input.test_scale[1] / 160  # the config's test size over the image size
     for low, high in cfg.model.scale_ranges:
-        inside = ((scales * scale >= low) & (scales * scale <= high)).sum()
-        assert inside >= 10, (low, high, inside)
+        inside = ((scales * scale >= low) & (scales * scale <= high)).mean()
+        assert inside >= 0.04, (low, high, inside)  # (about 7% in the end ranges over many images)
     classes = np.bincount([a["category_id"] for a in data["annotations"]], minlength=5)[1:]
     assert (classes >= 0.1 * len(scales)).all()
 

@@ -229,3 +229,19 @@ def test_a_new_run_does_not_overwrite_an_old_one(tmp_path):
     with pytest.raises(TrainingError, match="already holds a training run"):
         train(cfg, tmp_path / "run", max_iters=1, device="cpu", progress=False)
     assert (tmp_path / "run" / "final.pth").read_bytes() == before
+
+
+def test_adamw_option_and_its_resume_check(tmp_path):
+    from solov2.config import ConfigError
+
+    cfg = load_config("light_448_r18", shapes_config(tmp_path, "train.optimizer=adamw"))
+    train(cfg, tmp_path / "run", max_iters=2, device="cpu", progress=False)
+    state = load_checkpoint(tmp_path / "run" / "latest.pth").raw["optimizer"]["state"]
+    assert state and all("exp_avg" in s and "exp_avg_sq" in s for s in state.values())
+
+    sgd = load_config("light_448_r18", shapes_config(tmp_path, "train.optimizer=sgd"))
+    with pytest.raises(TrainingError, match="trained with train.optimizer=adamw"):
+        train(sgd, tmp_path / "run", resume=True, device="cpu", progress=False)
+    wrong = load_config("light_448_r18", shapes_config(tmp_path, "train.optimizer=adam"))
+    with pytest.raises(ConfigError, match="train.optimizer must be one of sgd, adamw, got 'adam'"):
+        train(wrong, tmp_path / "other", device="cpu", progress=False)

@@ -13,7 +13,7 @@ import argparse
 from .common import fail, formatter
 
 EXAMPLES = """examples:
-  solov2 make-shapes --out data/shapes                        # 200 train + 50 val images, 192x192
+  solov2 make-shapes --out data/shapes                        # 200 train + 50 val images, 160x160
   solov2 make-shapes --out data/shapes --train 1000 --val 200 --seed 7 --size 320x240
   solov2 train --config demo_shapes data.train_ann=data/shapes/train.json \\
       data.train_images=data/shapes/train data.val_ann=data/shapes/val.json data.val_images=data/shapes/val
@@ -32,14 +32,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train", type=int, default=200, help="training images (default: %(default)s)")
     parser.add_argument("--val", type=int, default=50, help="validation images (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--size", default="192", help="image size: N (square) or WxH (default: %(default)s)")
+    parser.add_argument("--size", default="160", help="image size: N (square) or WxH (default: %(default)s)")
     parser.add_argument("--min-objects", type=int, default=2, help="fewest shapes per image (default: %(default)s)")
-    parser.add_argument("--max-objects", type=int, default=6, help="most shapes per image (default: %(default)s)")
-    parser.add_argument("--min-scale", type=float, default=0.08,
+    parser.add_argument("--max-objects", type=int, default=4, help="most shapes per image (default: %(default)s)")
+    parser.add_argument("--min-scale", type=float, default=0.125,
                         help="smallest shape, sqrt(box area) / short side (default: %(default)s)")
     parser.add_argument("--max-scale", type=float, default=0.8,
                         help="largest shape, sqrt(box area) / short side (default: %(default)s)")
-    parser.add_argument("--min-visible", type=float, default=0.5,
+    parser.add_argument("--min-visible", type=float, default=0.75,
                         help="least visible fraction of an occluded shape (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

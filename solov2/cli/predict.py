@@ -43,6 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frame-stride", type=int, default=1, help="process every N-th video frame")
     parser.add_argument("--save-masks", action="store_true", help="also write one PNG per instance")
     parser.add_argument("--no-overlays", action="store_true", help="write results.json only")
+    parser.add_argument("--show-thr", type=float, default=0.3,
+                        help="draw instances scored at least this in overlays and videos; results.json "
+                             "keeps all that pass test.score_thr (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run, overrides=[])
 
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(err))
     summary = predict_files(predictor, sources, args.out, save_masks=args.save_masks,
                             save_overlays=not args.no_overlays, frame_stride=args.frame_stride,
-                            batch_size=args.batch_size, progress=not args.quiet)
+                            batch_size=args.batch_size, show_thr=args.show_thr, progress=not args.quiet)
     failures = problems + summary.failures
     print(f"predicted {summary.images} images and {summary.frames} frames of {summary.videos} videos: "
           f"{summary.instances} instances")

@@ -6,8 +6,9 @@
     out_dir/val/000000.png ...     out_dir/val.json
 
 Each image has a textured background and a few shapes (circle, square, triangle, star) in
-random colours and textures, rotated, with sizes spread log-uniformly from about 8% to 80% of
-the image's short side, so every FPN level's scale range gets objects. Shapes overlap: later
+random colours and textures, rotated, with sizes spread log-uniformly from 12.5% to 80% of
+the image's short side, so every FPN level's scale range of the ``demo_shapes`` preset gets
+objects. Shapes overlap: later
 ones are drawn over earlier ones, and every annotation is the VISIBLE part of its shape after
 occlusion (a compressed RLE; it may have holes or several pieces). A placement that would
 leave an earlier shape less than ``min_visible`` of its area visible is retried elsewhere.
@@ -37,12 +38,12 @@ SPLITS = {"train": 1, "val": 2}
 class ShapesOptions:
     """How images are drawn; sizes are (height, width) in pixels."""
 
-    size: tuple[int, int] = (192, 192)
+    size: tuple[int, int] = (160, 160)
     min_objects: int = 2
-    max_objects: int = 6
-    min_scale: float = 0.08  # sqrt(box area) of a shape, as a fraction of the short side
+    max_objects: int = 4
+    min_scale: float = 0.125  # sqrt(box area) of a shape, as a fraction of the short side
     max_scale: float = 0.8
-    min_visible: float = 0.5  # least visible fraction of an occluded shape
+    min_visible: float = 0.75  # least visible fraction of an occluded shape
 
     def check(self) -> None:
         h, w = self.size

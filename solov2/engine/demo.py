@@ -3,13 +3,15 @@
 ``run_demo("runs/demo")`` writes::
 
     runs/demo/data/        the generated dataset (train/, train.json, val/, val.json)
-    runs/demo/train/       the training run (config.yaml, train.log, metrics.jsonl, final.pth)
+    runs/demo/train/       the training run (config.yaml, train.log, metrics.jsonl, final.pth;
+                           the per-epoch checkpoints are removed at the end)
     runs/demo/eval/        results.json and metrics.json on the held-out val images
     runs/demo/overlays/    ground truth | prediction, side by side, for the first val images
     runs/demo/summary.json and summary.txt
 
 The model (preset ``demo_shapes``) trains from scratch; the schedule is the preset's epochs
-over ``train_images`` images, so fewer images mean a shorter run. Deterministic for a seed
+over ``train_images`` images (8 epochs in batches of 8: as many iterations as images), so
+fewer images mean a shorter run. Deterministic for a seed
 on a given machine and thread count.
 """
 
@@ -34,7 +36,7 @@ from .predictor import PredictionResult, Predictor
 from .trainer import train
 
 DEMO_PRESET = "demo_shapes"
-DEFAULT_TRAIN_IMAGES = 240
+DEFAULT_TRAIN_IMAGES = 1200  # = iterations with the preset's 8 epochs of batch 8
 
 
 @dataclass
@@ -52,11 +54,23 @@ class DemoSummary:
     per_class_mask_AP: dict[str, float | None]
     seconds: dict[str, float] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp32"  # of the training: "bf16 autocast" or "fp32"
 
 
-def demo_config(data_dir: Path, seed: int, overrides: Sequence[str] = ()) -> Config:
-    """The ``demo_shapes`` preset with the seed and overrides, reading the data in ``data_dir``."""
-    cfg = load_config(DEMO_PRESET, [f"train.seed={seed}", *overrides])
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Elsewhere bf16 autocast is
+    emulated and slower than float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def demo_config(data_dir: Path, seed: int, overrides: Sequence[str] = (), device: str | None = "cpu") -> Config:
+    """The ``demo_shapes`` preset with the seed and overrides, reading the data in ``data_dir``.
+
+    The preset trains under bf16 autocast; on a CPU without native bf16 the demo trains in
+    float32 instead (``train.amp=true`` among the overrides forces bf16)."""
+    on_cpu = device is None or str(device).startswith("cpu")
+    amp = [] if not on_cpu or cpu_has_fast_bf16() else ["train.amp=false"]
+    cfg = load_config(DEMO_PRESET, [f"train.seed={seed}", *amp, *overrides])
     cfg.data.train_ann, cfg.data.train_images = str(data_dir / "train.json"), str(data_dir / "train")
     cfg.data.val_ann, cfg.data.val_images = str(data_dir / "val.json"), str(data_dir / "val")
     return cfg
@@ -83,8 +97,9 @@ def _enlarge_result(result: PredictionResult, scale: int) -> PredictionResult:
 
 
 def write_overlays(predictor: Predictor, ann_file: Path, images_dir: Path, out_dir: Path,
-                   count: int = 12, scale: int = 2) -> list[Path]:
-    """Ground truth (left) and prediction (right) of the first ``count`` images, enlarged."""
+                   count: int = 12, scale: int = 2, show_thr: float = 0.3) -> list[Path]:
+    """Ground truth (left) and prediction (right: instances scored ``show_thr`` or more) of the
+    first ``count`` images, enlarged."""
     from ..visualize import draw_result
 
     coco = load_coco(ann_file)
@@ -95,7 +110,7 @@ def write_overlays(predictor: Predictor, ann_file: Path, images_dir: Path, out_d
         image = read_image(images_dir / info["file_name"])
         result = predictor([image])[0]
         left = draw_result(_enlarge(image, scale), _enlarge_result(_ground_truth(coco, image_id), scale))
-        right = draw_result(_enlarge(image, scale), _enlarge_result(result, scale))
+        right = draw_result(_enlarge(image, scale), _enlarge_result(result, scale), min_score=show_thr)
         gap = np.full((left.shape[0], 8, 3), 255, np.uint8)
         path = out_dir / f"{Path(info['file_name']).stem}.jpg"
         if not cv2.imwrite(str(path), np.concatenate([left, gap, right], 1)):
@@ -121,7 +136,7 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
-    cfg = demo_config(data_dir, seed, overrides)
+    cfg = demo_config(data_dir, seed, overrides, device)
     size = (min(cfg.input.test_scale), max(cfg.input.test_scale))  # (height, width)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -132,6 +147,10 @@ def run_demo(
     tick = time.perf_counter()
     checkpoint = train(cfg, out / "train", device=device, progress=progress)
     seconds["train"] = time.perf_counter() - tick
+    # The per-epoch and resume checkpoints (~140 MB each with the optimizer state) are of no
+    # use once the demo run has finished; final.pth stays.
+    for path in [*(out / "train").glob("epoch_*.pth"), out / "train" / "latest.pth"]:
+        path.unlink(missing_ok=True)
 
     tick = time.perf_counter()
     predictor = Predictor.from_config(None, checkpoint, device=device or "cpu")
@@ -148,6 +167,7 @@ def run_demo(
     summary = DemoSummary(
         out_dir=str(out), seed=seed, train_images=train_images, val_images=val_images,
         image_size=list(size), iterations=iterations,
+        precision=("fp16 autocast" if str(device).startswith("cuda") else "bf16 autocast") if cfg.train.amp else "fp32",
         mask_AP=metrics["mask_AP"], mask_AP50=metrics["mask_AP50"], mask_AP75=metrics["mask_AP75"],
         box_AP=metrics["box_AP"],
         per_class_mask_AP={row["name"]: row["mask_AP"] for row in metrics["per_class"]},
@@ -177,7 +197,7 @@ def summary_text(summary: DemoSummary, metrics: dict[str, Any], overlays: int) -
         f"solov2 demo (seed {summary.seed}, torch {torch.__version__}, {torch.get_num_threads()} threads)",
         f"data: {summary.train_images} training and {summary.val_images} held-out validation images "
         f"({summary.image_size[1]}x{summary.image_size[0]}) in {summary.files['data']}",
-        f"training: {summary.iterations} iterations from scratch in {s['train']:.0f} s; "
+        f"training: {summary.iterations} iterations from scratch ({summary.precision}) in {s['train']:.0f} s; "
         f"weights {summary.files['checkpoint']}",
         f"evaluation on the held-out images ({s['eval']:.0f} s):",
         "",

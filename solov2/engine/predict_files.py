@@ -55,9 +55,13 @@ def predict_files(
     save_overlays: bool = True,
     frame_stride: int = 1,
     batch_size: int = 4,
+    show_thr: float = 0.3,
     progress: bool = True,
 ) -> PredictSummary:
     """Predict every source; write overlays, annotated videos, masks and ``results.json``.
+
+    Overlays and videos show the instances scored ``show_thr`` or more; the results file and
+    the masks keep every instance the model returned.
 
     An unreadable file is reported on stderr and skipped; the others go on.
     """
@@ -88,7 +92,8 @@ def predict_files(
             if save_overlays:
                 target = (out_dir / source.relative).with_suffix(".jpg")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(target), draw_result(image, result))
+                if not cv2.imwrite(str(target), draw_result(image, result, min_score=show_thr)):
+                    fail(f"{target}: could not write the overlay")
             if save_masks:
                 _save_masks(result, out_dir / "masks" / source.relative.parent, source.relative.stem)
             summary.images += 1
@@ -98,7 +103,7 @@ def predict_files(
     for source in videos:
         try:
             records += _predict_video(predictor, source, out_dir, summary, bar, frame_stride,
-                                      batch_size, save_masks, save_overlays)
+                                      batch_size, save_masks, save_overlays, show_thr)
             summary.videos += 1
         except VideoReadError as err:
             fail(str(err))
@@ -116,7 +121,7 @@ def _frame_count(path: Path, stride: int) -> int:
 
 def _predict_video(predictor: BatchPredictor, source: Source, out_dir: Path, summary: PredictSummary,
                    bar: tqdm, stride: int, batch_size: int, save_masks: bool,
-                   save_overlays: bool) -> list[dict]:
+                   save_overlays: bool, show_thr: float) -> list[dict]:
     capture, fps, _, (width, height) = open_video(source.path)
     writer = None
     target = (out_dir / source.relative).with_suffix(".mp4")
@@ -138,7 +143,7 @@ def _predict_video(predictor: BatchPredictor, source: Source, out_dir: Path, sum
                     record["frame"] = index
                     records.append(record)
                 if writer is not None:
-                    writer.write(draw_result(frame, result))
+                    writer.write(draw_result(frame, result, min_score=show_thr))
                 if save_masks:
                     _save_masks(result, out_dir / "masks" / source.relative.with_suffix(""),
                                 f"frame{index:06d}")

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import atomic_save, load_checkpoint, load_weights, make_checkpoint
-from ..config import Config, TrainConfig, config_from_dict, save_config
+from ..config import Config, ConfigError, TrainConfig, config_from_dict, save_config
 from ..data.augment import TrainBatch, TrainTransform, collate
 from ..data.coco import CocoInstances, DatasetError
 from ..data.sampler import GroupedBatchSampler
@@ -175,9 +175,18 @@ def build_dataset(cfg: Config) -> CocoInstances:
     )
 
 
-def build_optimizer(model: nn.Module, train_cfg: TrainConfig, lr: float) -> torch.optim.SGD:
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def build_optimizer(model: nn.Module, train_cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD with momentum (the release's) or AdamW, over the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)
+    if train_cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)
+    if train_cfg.optimizer == "adamw":
+        # The fused kernel is several times faster than the default multi-tensor one on CPUs.
+        return torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, fused=True)
+    raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {train_cfg.optimizer!r}")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -427,6 +436,8 @@ def _train_run(
     cfg, ctx, work_dir = run.cfg, run.ctx, run.work_dir
     device = ctx.device
 
+    if cfg.train.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.train.optimizer!r}")
     checkpoint: dict[str, Any] | None = None
     if not resume:
         existing = [name for name in ("latest.pth", "final.pth") if (work_dir / name).is_file()]
@@ -444,6 +455,12 @@ def _train_run(
                 "use --load-from to start a new run from its weights"
             )
         checkpoint = resumed.raw
+        saved_optimizer = config_from_dict(resumed.config).train.optimizer
+        if saved_optimizer != cfg.train.optimizer:
+            raise TrainingError(
+                f"{path} was trained with train.optimizer={saved_optimizer} but this run asks for "
+                f"{cfg.train.optimizer}; resume with train.optimizer={saved_optimizer}"
+            )
         saved_model = config_from_dict(resumed.config).model
         class_fields = ("num_classes", "class_names", "category_ids")
         differ = [k for k, v in asdict(saved_model).items() if k not in class_fields and getattr(cfg.model, k) != v]
