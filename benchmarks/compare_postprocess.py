@@ -145,6 +145,7 @@ def main() -> int:
     parser.add_argument("--config", default="light_448_r18")
     parser.add_argument("--size", default="448x672")
     parser.add_argument("--candidates", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=1, help="images per call (default: %(default)s)")
     parser.add_argument("--load", default="blobs", choices=["blobs", "noise"],
                         help="crafted masks (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=15)
@@ -160,23 +161,24 @@ def main() -> int:
     cfg = load_config(args.config)
     revisions = {rev: load_revision(rev) for rev in args.revs}
     reference = revisions[args.revs[-1]]
-    logits, kernels, features, passing = crafted_outputs(cfg, 1, h, w, args.candidates,
+    logits, kernels, features, passing = crafted_outputs(cfg, args.batch, h, w, args.candidates,
                                                          torch.Generator().manual_seed(0), args.load)
     original = (round(h * 15 / 14), round(w * 15 / 14))
-    call_args = (logits, kernels, features, [(h, w)], [original], cfg.model.grids, cfg.model.strides, cfg.test)
+    call_args = (logits, kernels, features, [(h, w)] * args.batch, [original] * args.batch, cfg.model.grids,
+                 cfg.model.strides, cfg.test)
     versions = {rev: module.postprocess for rev, module in revisions.items()}
     versions["now"] = current_postprocess
     here = agreement(reference, call_args, cfg.test.mask_thr)
     with torch.inference_mode():
-        returned = len(current_postprocess(*call_args)[0])
+        returned = [len(d) for d in current_postprocess(*call_args)]
         times: dict[str, list[float]] = {name: [] for name in versions}
         for _ in range(args.repeats):
             for name, fn in versions.items():
                 start = time.perf_counter()
                 fn(*call_args)
                 times[name].append(time.perf_counter() - start)
-    print(f"post-processing, {args.config} {h}x{w}, {args.load} load, {passing} candidates, {returned} instances "
-          f"returned, original {original[0]}x{original[1]}, {args.repeats} interleaved rounds, "
+    print(f"post-processing, {args.config} {h}x{w}, batch {args.batch}, {args.load} load, {passing} candidates per "
+          f"image, {returned} instances returned, original {original[0]}x{original[1]}, {args.repeats} interleaved rounds, "
           f"{torch.get_num_threads()} threads")
     for name, values in times.items():
         print(f"  {name:>10}: median {statistics.median(values) * 1e3:8.1f} ms   min {min(values) * 1e3:8.1f} ms")

@@ -22,6 +22,7 @@ from solov2.model.postprocess import (
     Detections,
     cell_strides,
     flatten_levels,
+    mask_probabilities,
     mask_intersections,
     matrix_nms,
     points_nms,
@@ -562,26 +563,55 @@ def test_points_nms_equals_max_pool_form():
             assert torch.equal(points_nms(heat), heat * (pooled == heat))
 
 
-@pytest.mark.parametrize("mask_thr", [0.5, 0.0, -0.1, 0.97])
-@pytest.mark.parametrize("block", [1, 5, 16, 64])
-def test_score_masks_equals_straightforward_form(mask_thr, block):
-    """Bit-identical to sigmoid, threshold, areas and (probs * masks.float()).sum over (h, w),
-    whatever the block size, with empty and full masks among the rows."""
-    g = torch.Generator().manual_seed(1)
-    n, h, w = 37, 11, 13
-    logits = torch.randn(n, h * w, generator=g) * 3 + torch.linspace(-8, 8, n)[:, None]
-    logits[0] = -30.0  # empty mask (probabilities 0 after underflow, or tiny)
-    logits[1] = 30.0  # full mask
-    probs = logits.sigmoid()
+def scoring_case(g: torch.Generator, n: int, pixels: int, channels: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, channels) kernels and (channels, pixels) features with exact (dyadic) products whose
+    logits span -8..8 over the rows; row 0 gives an empty mask and row 1 a full one."""
+    features = dyadic(torch.randn(channels, pixels, generator=g))
+    features[0] = 1.0  # kernel channel 0 is a per-row bias
+    kernels = dyadic(torch.randn(n, channels, generator=g) * 0.5)
+    kernels[:, 0] = dyadic(torch.linspace(-8, 8, n))
+    kernels[0], kernels[1] = 0.0, 0.0
+    kernels[0, 0], kernels[1, 0] = -30.0, 30.0
+    return kernels, features
+
+
+def straightforward_scores(kernels, features, mask_thr):
+    probs = (kernels @ features).sigmoid()
     masks = probs > mask_thr
-    areas = masks.view(n, h, w).sum((1, 2), dtype=torch.float32)
-    sums = (probs.view(n, h, w) * masks.view(n, h, w).float()).sum((1, 2))
-    got = logits.clone()
-    got_masks, got_areas, got_sums = score_masks(got, mask_thr, block)
-    assert torch.equal(got, probs)  # sigmoid in place
+    return probs, masks, masks.sum(1, dtype=torch.float32), (probs * masks.float()).sum(1)
+
+
+@pytest.mark.parametrize("mask_thr", [0.5, 0.0, -0.1, 0.97])
+@pytest.mark.parametrize("product_rows,pass_rows", [(1, 1), (5, 5), (16, 5), (64, 16), (1000, 16), (7, 64)])
+def test_score_masks_equals_straightforward_form(mask_thr, product_rows, pass_rows):
+    """Bit-identical to one product, sigmoid, threshold, areas and (probs * masks.float()).sum,
+    whatever the block sizes, with empty and full masks among the rows (pixels a multiple of
+    64, as the network's outputs always are)."""
+    g = torch.Generator().manual_seed(1)
+    kernels, features = scoring_case(g, 37, 11 * 64)
+    probs, masks, areas, sums = straightforward_scores(kernels, features, mask_thr)
+    got_masks, got_areas, got_sums = score_masks(kernels, features, mask_thr, product_rows, pass_rows)
     assert torch.equal(got_masks, masks)
     assert torch.equal(got_areas, areas)
     assert torch.equal(got_sums, sums)
+    rows = torch.tensor([36, 0, 20, 35, 3, 36])  # recomputed later for the final resize
+    assert torch.equal(mask_probabilities(kernels[rows], features), probs[rows])
+    assert bool(masks[1].all()) and bool(masks[0].any()) == (mask_thr <= 0)  # sigmoid(-30) is tiny but above 0
+    assert mask_thr <= 0 or 0 < int(masks.sum()) < masks.numel()
+
+
+def test_score_masks_any_pixel_count_agrees_closely():
+    """With a pixel count that is not a multiple of 32, PyTorch's sigmoid can round the last
+    elements of a call differently: sums agree to float rounding, and a mask pixel can differ
+    only where its probability is within float rounding of mask_thr."""
+    g = torch.Generator().manual_seed(4)
+    kernels, features = scoring_case(g, 37, 143)
+    probs, masks, areas, sums = straightforward_scores(kernels, features, 0.5)
+    got_masks, got_areas, got_sums = score_masks(kernels, features, 0.5, 5, 3)
+    differ = got_masks != masks
+    assert torch.all((probs[differ] - 0.5).abs() < 1e-6)
+    assert torch.all((got_areas - areas).abs() <= differ.sum(1))
+    torch.testing.assert_close(got_sums, sums, rtol=1e-6, atol=1e-6)
 
 
 def test_mask_intersections_same_class_and_rows():
@@ -648,7 +678,7 @@ def test_resize_masks_agrees_with_interpolate(feature, image, original, band):
         index = torch.randperm(len(probs), generator=g)[:25]
         if mask_thr == 0.5:
             index = torch.cat([index, torch.arange(20, len(probs))]).unique(sorted=False)  # all edge cases
-        ours = resize_masks(probs, masks, index, image, original, mask_thr, band)
+        ours = resize_masks(probs[index], masks[index], image, original, mask_thr, band)
         ref = ref_resize(probs[index], image, original)
         assert ours.shape == (len(index), *original)
         differing = assert_masks_agree(ours, ref, mask_thr)
@@ -666,7 +696,7 @@ def test_resize_masks_windows_cover_what_interpolate_turns_on():
         probs[k, k // w, k % w] = 1.0
     masks = probs > 0.5
     index = torch.arange(h * w)
-    ours = resize_masks(probs, masks, index, image, original, 0.5, band=2)
+    ours = resize_masks(probs[index], masks[index], image, original, 0.5, band=2)
     ref = ref_resize(probs, image, original)
     assert torch.equal(ours, ref > 0.5)  # no pixel near 0.5 here: exactly equal
     assert int((ref > 0.5).flatten(1).any(1).sum()) > h * w // 2  # most single pixels survive the crop
@@ -674,7 +704,7 @@ def test_resize_masks_windows_cover_what_interpolate_turns_on():
 
 def test_resize_masks_empty_index():
     probs = torch.rand(3, 4, 5)
-    out = resize_masks(probs, probs > 0.5, torch.zeros(0, dtype=torch.long), (16, 20), (7, 9), 0.5)
+    out = resize_masks(probs[:0], probs[:0] > 0.5, (16, 20), (7, 9), 0.5)
     assert out.shape == (0, 7, 9) and out.dtype == torch.bool
 
 
@@ -685,14 +715,36 @@ def test_score_masks_long_rows_two_threads():
     torch.set_num_threads(2)
     try:
         g = torch.Generator().manual_seed(3)
-        n, length = 33, 40_200
-        logits = torch.randn(n, length, generator=g) * 2
-        probs = logits.sigmoid()
-        masks = probs > 0.5
-        got = logits.clone()
-        got_masks, got_areas, got_sums = score_masks(got, 0.5, block=16)
-        assert torch.equal(got, probs) and torch.equal(got_masks, masks)
-        assert torch.equal(got_areas, masks.sum(1, dtype=torch.float32))
-        assert torch.equal(got_sums, (probs * masks.float()).sum(1))
+        kernels, features = scoring_case(g, 33, 40_192)  # 628 x 64
+        _, masks, areas, sums = straightforward_scores(kernels, features, 0.5)
+        got_masks, got_areas, got_sums = score_masks(kernels, features, 0.5, product_rows=16, pass_rows=16)
+        assert torch.equal(got_masks, masks)
+        assert torch.equal(got_areas, areas) and torch.equal(got_sums, sums)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_large_outputs_are_zeroed_memory_that_outlives_its_maker():
+    """resize_masks' large outputs are anonymous memory maps (_zeros_bool): all False, writable,
+    usable after collection, and saved / copied like any tensor."""
+    import gc
+    import io
+
+    from solov2.model.postprocess import MAPPED_ZEROS_BYTES, _zeros_bool
+
+    shape = (3, 700, 600)
+    assert math.prod(shape) >= MAPPED_ZEROS_BYTES
+    out = _zeros_bool(shape, torch.device("cpu"), written=16)
+    assert not out.untyped_storage().resizable()  # the map (torch.zeros' storage is resizable)
+    assert out.dtype == torch.bool and out.shape == shape and not bool(out.any())
+    out[1, 5:9, 7:11] = True
+    gc.collect()
+    assert int(out.sum()) == 16 and bool(out[1, 8, 10]) and not bool(out[2].any())
+    buffer = io.BytesIO()
+    torch.save(out, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer), out)
+    assert torch.equal(out.clone(), out)
+    cpu = torch.device("cpu")
+    for plain in (_zeros_bool((2, 3), cpu, 0), _zeros_bool(shape, cpu, math.prod(shape) // 2 + 1)):  # small; mostly written
+        assert plain.untyped_storage().resizable() and not bool(plain.any()) and plain.dtype == torch.bool

@@ -2,22 +2,29 @@
 convolution, small-mask filter, mask scoring, Matrix NMS, top-k and upsampling.
 
 Everything is vectorized over candidates. The loops: over the images of a batch; over blocks
-of candidates in mask scoring (``score_masks``: each block stays in the CPU cache for its four
-passes); over the classes present in Matrix NMS (only same-class intersections are counted);
-over the returned masks in the final resize (``resize_masks``: each mask is computed only in
-the window where it can be above the threshold).
+of candidates in mask scoring (``score_masks``: the mask products go into one reused buffer and
+each pass over the probabilities reads them from the CPU cache); over the classes present in
+Matrix NMS (only same-class intersections are counted); over the returned masks in the final
+resize (``resize_masks``: each mask is computed only in the window where it can be above the
+threshold).
 
 Agreement with the straightforward version (``F.interpolate`` x4 over all returned masks,
 crop, ``F.interpolate`` to the original size, threshold; tests/test_postprocess.py re-implements
-the release that way): labels, scores and their order are bit-identical. The final masks are
-not always bit-identical: ``resize_masks`` applies the two bilinear resizes as one product of
-per-axis matrices, equal in exact arithmetic but rounded differently, so a pixel can differ
-where F.interpolate's probability lies within float32 rounding (about 1e-7) of ``mask_thr``;
-the tests allow a pixel to differ only where that probability is within 1e-5 of it.
+the release that way): labels, scores and their order are bit-identical in the tests and in
+``benchmarks/compare_postprocess.py`` (1 and 2 threads; see ``score_masks`` for the last bit of
+a sigmoid). The final masks are not always bit-identical: ``resize_masks`` applies the two
+bilinear resizes as one product of per-axis matrices, equal in exact arithmetic but rounded
+differently, so a pixel can differ where F.interpolate's probability lies within float32
+rounding (about 1e-7) of ``mask_thr``; the tests allow a pixel to differ only where that
+probability is within 1e-5 of it.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
+import mmap
 from dataclasses import dataclass
 
 import torch
@@ -140,36 +147,70 @@ def cell_strides(grids: list[int], strides: list[int], device: torch.device | st
     )
 
 
-SCORE_BLOCK = 16  # candidates per block in score_masks: 16 x 112 x 168 float32 is 1.2 MB
+PRODUCT_ROWS = 256  # candidates per mask product in score_masks: 256 x 112 x 168 float32 is 19 MB
+PASS_ROWS = 16  # candidates per pass over the probabilities: 16 x 112 x 168 float32 is 1.2 MB
 
 
-def score_masks(mask_logits: Tensor, mask_thr: float, block: int = SCORE_BLOCK) -> tuple[Tensor, Tensor, Tensor]:
-    """Sigmoid, in place, of (n, pixels) mask logits; returns the binary masks (probability >
-    mask_thr), their areas and the sums of the probabilities inside them (float32).
+def mask_probabilities(kernels: Tensor, features: Tensor) -> Tensor:
+    """(n, pixels) mask probabilities: sigmoid of the dynamic 1x1 convolution of the (E, pixels)
+    mask features with the (n, E) kernels."""
+    return torch.mm(kernels, features).sigmoid_()
 
-    ``F.threshold`` keeps p where p > mask_thr and gives 0 elsewhere: the values of
-    ``probs * masks.float()`` in one pass, without a float copy of the masks; for mask_thr >= 0
-    its nonzeros are the mask (a cast to bool is several times faster than a comparison). On
-    the CPU the passes after the sigmoid run over blocks of about ``block`` rows, read from the
-    cache rather than from memory. Every result is the same as without blocks: the sigmoid runs
-    on the whole tensor (its vectorized loop rounds its tail differently), and no block has a
-    single row unless n = 1 (a one-row sum can take another reduction path).
+
+def score_masks(
+    kernels: Tensor, features: Tensor, mask_thr: float, product_rows: int = PRODUCT_ROWS, pass_rows: int = PASS_ROWS,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Binary masks (probability > mask_thr) of the (n, E) kernels on the (E, pixels) mask
+    features, their areas and the sums of the probabilities inside them (float32). The
+    probabilities themselves are not kept: ``mask_probabilities`` recomputes the few needed later
+    (keeping the last block's instead was measured no faster).
+
+    On the CPU, the products run ``product_rows`` candidates at a time into one reused buffer (a
+    (500, 18816) float32 result is 38 MB of new memory, whose page faults cost as much as the
+    product's arithmetic), and the passes after it over ``pass_rows`` at a time, read from the
+    cache rather than from memory. ``F.threshold`` keeps p where p > mask_thr and gives 0
+    elsewhere: the values of ``probs * masks.float()`` in one pass, without a float copy of the
+    masks; for mask_thr >= 0 its nonzeros are the mask (a cast to bool is several times faster
+    than a comparison).
+
+    The results equal ``mask_probabilities`` followed by the same threshold and sums, bit for
+    bit, when the sigmoid computes every element in its vectorized loop: PyTorch's loop takes 32
+    floats per step and leaves the rest of a call (or of a thread's share of it) to scalar code,
+    rounded differently in the last bit. The network's outputs have a multiple of 64 pixels
+    (inputs padded to a multiple of 32, features at a quarter of it), enough for that with 1 or 2
+    threads; otherwise a few probabilities can differ in the last bit (the rows of a product do
+    not depend on how many rows it has).
     """
-    n = mask_logits.shape[0]
-    probs = mask_logits.sigmoid_()
-    masks = torch.empty(probs.shape, dtype=torch.bool, device=probs.device)
-    areas = probs.new_empty(n)
-    sums = probs.new_empty(n)
-    blocks = 1 if probs.device.type != "cpu" else max(1, -(-n // block))
-    for p, m, area, total in zip(*(t.tensor_split(blocks) for t in (probs, masks, areas, sums))):
-        inside = F.threshold(p, mask_thr, 0.0)
-        if mask_thr >= 0:
-            m.copy_(inside)
-        else:
-            torch.gt(p, mask_thr, out=m)
-        torch.sum(inside, 1, out=total)
-        area.copy_(m.view(torch.uint8).sum(1, dtype=torch.int32))  # exact counts
+    n = kernels.shape[0]
+    pixels = features.shape[1]
+    masks = torch.empty((n, pixels), dtype=torch.bool, device=features.device)
+    areas = features.new_empty(n)
+    sums = features.new_empty(n)
+    if features.device.type != "cpu":
+        product_rows = pass_rows = max(n, 1)
+    products = _even_ranges(0, n, product_rows)
+    buffer = features.new_empty((max((b - a for a, b in products), default=0), pixels))
+    for start, stop in products:
+        probs = torch.mm(kernels[start:stop], features, out=buffer[: stop - start])
+        for first, last in _even_ranges(start, stop, pass_rows):
+            p, m = probs[first - start : last - start].sigmoid_(), masks[first:last]
+            inside = F.threshold(p, mask_thr, 0.0)
+            if mask_thr >= 0:
+                m.copy_(inside)
+            else:
+                torch.gt(p, mask_thr, out=m)
+            torch.sum(inside, 1, out=sums[first:last])
+            areas[first:last].copy_(m.view(torch.uint8).sum(1, dtype=torch.int32))  # exact counts
     return masks, areas, sums
+
+
+def _even_ranges(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) in the fewest ranges of at most ``size``, their lengths differing by at most
+    one (as ``tensor_split``): no range has a single element unless ``size`` or the whole is 1 (a
+    product or sum of one row can take another path in PyTorch, rounded differently)."""
+    count = -(-(stop - start) // size)
+    bounds = [start + (stop - start) * i // count for i in range(count + 1)] if count else [start]
+    return list(itertools.pairwise(bounds))
 
 
 def resize_matrix(feature_size: int, image_size: int, original_size: int, device: torch.device | str) -> Tensor:
@@ -182,26 +223,37 @@ def resize_matrix(feature_size: int, image_size: int, original_size: int, device
 
 
 RESIZE_BAND = 96  # output rows / columns per matrix product in resize_masks
+MAPPED_ZEROS_BYTES = 1 << 20  # larger outputs of resize_masks are memory maps (_zeros_bool)
 
 
-def _footprints(matrix: Tensor) -> tuple[Tensor, Tensor]:
-    """First and last input index with a nonzero weight, per output row (both non-decreasing)."""
-    nonzero = (matrix != 0).to(torch.uint8)
-    first = nonzero.argmax(1)
-    last = matrix.shape[1] - 1 - nonzero.flip(1).argmax(1)
-    return first, last
+@dataclass(frozen=True)
+class ResizeAxis:
+    """The final resizes of one axis (``resize_matrix``) and, per output, the first and last
+    input with a nonzero weight (both non-decreasing: the matrix is banded)."""
 
+    matrix: Tensor
+    first: Tensor
+    last: Tensor
 
-def _output_ranges(masks_any: Tensor, first: Tensor, last: Tensor) -> tuple[list[int], list[int]]:
-    """Per mask, along one axis: the range [start, stop) of outputs that read any of the mask's
-    pixels (``masks_any`` (k, n) uint8: 1 where the mask has a pixel); empty for an empty mask."""
-    n = masks_any.shape[1]
-    lo = masks_any.argmax(1)
-    hi = n - 1 - masks_any.flip(1).argmax(1)
-    start = torch.searchsorted(last, lo)
-    stop = torch.searchsorted(first, hi, right=True)
-    stop = torch.where(masks_any.amax(1) == 0, start, stop)
-    return start.tolist(), stop.tolist()
+    @staticmethod
+    @functools.lru_cache(maxsize=16)
+    def build(feature_size: int, image_size: int, original_size: int, device: str) -> ResizeAxis:
+        matrix = resize_matrix(feature_size, image_size, original_size, device)
+        nonzero = (matrix != 0).to(torch.uint8)
+        first = nonzero.argmax(1)
+        last = feature_size - 1 - nonzero.flip(1).argmax(1)
+        return ResizeAxis(matrix, first, last)
+
+    def output_ranges(self, masks_any: Tensor) -> tuple[Tensor, Tensor]:
+        """Per mask: the outputs [start, stop) that read any of the mask's pixels, from
+        ``masks_any`` (k, feature_size) uint8 (1 where the mask has a pixel); empty for an
+        empty mask."""
+        n = masks_any.shape[1]
+        lo = masks_any.argmax(1)
+        hi = n - 1 - masks_any.flip(1).argmax(1)
+        start = torch.searchsorted(self.last, lo)
+        stop = torch.searchsorted(self.first, hi, right=True)
+        return start, torch.where(masks_any.amax(1) == 0, start, stop)
 
 
 def _bands(start: int, stop: int, first: list[int], last: list[int], band: int) -> list[tuple[int, int, int, int]]:
@@ -220,14 +272,28 @@ def _above(values: Tensor, threshold: float, out: Tensor) -> None:
         torch.gt(values, threshold, out=out)
 
 
+def _zeros_bool(shape: tuple[int, ...], device: torch.device, written: int) -> Tensor:
+    """A new bool tensor of zeros, of which about ``written`` elements will be written. On the
+    CPU, when that is under half of a large tensor, it is an anonymous memory map: its pages come
+    from the OS already zeroed and only those written are ever touched, where ``torch.zeros``
+    writes every byte (for 100 masks of 480x720, 35 MB of page faults and stores, most of it for
+    pixels that stay False). Otherwise ``torch.zeros``, whose page faults are taken by all threads
+    at once rather than one window at a time. Not ``np.zeros``: NumPy asks for transparent huge
+    pages, whose faults stalled for up to 180 ms (benchmarks/NOTES.md, step 5)."""
+    size = math.prod(shape)
+    if device.type != "cpu" or size < MAPPED_ZEROS_BYTES or 2 * written > size:
+        return torch.zeros(shape, dtype=torch.bool, device=device)
+    return torch.frombuffer(mmap.mmap(-1, size), dtype=torch.bool).view(shape)
+
+
 def resize_masks(
-    probs: Tensor, masks: Tensor, index: Tensor, image_size: tuple[int, int], original_size: tuple[int, int],
-    mask_thr: float, band: int = RESIZE_BAND,
+    probs: Tensor, masks: Tensor, image_size: tuple[int, int], original_size: tuple[int, int], mask_thr: float,
+    band: int = RESIZE_BAND,
 ) -> Tensor:
-    """(k, H, W) bool at the original size for the masks ``index`` (k,) of (n, h, w) mask
-    probabilities ``probs`` and ``masks`` (probs > mask_thr): bilinear x4, crop to the resized
-    image, bilinear to the original size, threshold, as ``F.interpolate`` twice but computed
-    only in each mask's window.
+    """(k, H, W) bool at the original size for (k, h, w) mask probabilities ``probs`` and their
+    binary ``masks`` (probs > mask_thr): bilinear x4, crop to the resized image, bilinear to
+    the original size, threshold, as ``F.interpolate`` twice but computed only in each mask's
+    window.
 
     Both resizes of an axis are one matrix (``resize_matrix``), so a window is
     ``rows @ probs @ cols.T`` over the inputs it reads. A bilinear value is a convex combination
@@ -237,28 +303,28 @@ def resize_masks(
     equal F.interpolate's in exact arithmetic; rounded differently, they can fall on the other
     side of mask_thr where they are within ~1e-7 of it.
     """
-    k = index.numel()
-    _, feat_h, feat_w = probs.shape
-    out = torch.zeros((k, *original_size), dtype=torch.bool, device=probs.device)
+    k, feat_h, feat_w = probs.shape
     if k == 0:
-        return out
-    rows = resize_matrix(feat_h, image_size[0], original_size[0], probs.device)
-    cols_t = resize_matrix(feat_w, image_size[1], original_size[1], probs.device).t().contiguous()
-    row_first, row_last = _footprints(rows)
-    col_first, col_last = _footprints(cols_t.t())
-    chosen = masks[index].view(torch.uint8)
-    y_start, y_stop = _output_ranges(chosen.amax(2), row_first, row_last)
-    x_start, x_stop = _output_ranges(chosen.amax(1), col_first, col_last)
-    row_first, row_last, col_first, col_last = (t.tolist() for t in (row_first, row_last, col_first, col_last))
-    for i, m in enumerate(index.tolist()):
+        return torch.zeros((0, *original_size), dtype=torch.bool, device=probs.device)
+    device = str(probs.device)
+    axes = (ResizeAxis.build(feat_h, image_size[0], original_size[0], device),
+            ResizeAxis.build(feat_w, image_size[1], original_size[1], device))
+    chosen = masks.view(torch.uint8)
+    y = axes[0].output_ranges(chosen.amax(2))
+    x = axes[1].output_ranges(chosen.amax(1))
+    out = _zeros_bool((k, *original_size), probs.device, int(((y[1] - y[0]) * (x[1] - x[0])).sum()))
+    nonempty = ((y[1] > y[0]) & (x[1] > x[0])).nonzero().squeeze(1)
+    rows, cols_t = axes[0].matrix, axes[1].matrix.t().contiguous()
+    row_first, row_last, col_first, col_last = (t.tolist() for t in (axes[0].first, axes[0].last,
+                                                                     axes[1].first, axes[1].last))
+    y_start, y_stop, x_start, x_stop = (t.tolist() for t in (*y, *x))
+    for i in nonempty.tolist():
         y_bands = _bands(y_start[i], y_stop[i], row_first, row_last, band)
         x_bands = _bands(x_start[i], x_stop[i], col_first, col_last, band)
-        if not y_bands or not x_bands:
-            continue
         top, bottom, left, right = y_bands[0][2], y_bands[-1][3], x_start[i], x_stop[i]
         across = probs.new_empty((bottom - top, right - left))  # the window's input rows, resized along x
         for a, b, c0, c1 in x_bands:
-            torch.mm(probs[m, top:bottom, c0:c1], cols_t[c0:c1, a:b], out=across[:, a - left : b - left])
+            torch.mm(probs[i, top:bottom, c0:c1], cols_t[c0:c1, a:b], out=across[:, a - left : b - left])
         for a, b, r0, r1 in y_bands:
             _above(rows[a:b, r0:r1] @ across[r0 - top : r1 - top], mask_thr, out[i, a:b, left:right])
     return out
@@ -287,10 +353,11 @@ def postprocess_image(
     cell_index, labels = candidates.nonzero(as_tuple=True)
 
     feat_h, feat_w = mask_features.shape[-2:]
-    mask_probs = kernels[cell_index] @ mask_features.reshape(mask_features.shape[0], -1)
-    masks, areas, prob_sums = score_masks(mask_probs, cfg.mask_thr)  # mask_probs: sigmoid in place
+    features = mask_features.reshape(mask_features.shape[0], -1)
+    kernels = kernels[cell_index]
+    masks, areas, prob_sums = score_masks(kernels, features, cfg.mask_thr)
 
-    # Only indices move from here on: rows of mask_probs / masks are gathered when needed.
+    # Only indices move from here on: rows of masks are gathered when needed.
     kept = (areas > strides[cell_index]).nonzero().squeeze(1)
     if kept.numel() == 0:
         return Detections.empty(*original_size, device=device)
@@ -308,8 +375,8 @@ def postprocess_image(
     order = torch.argsort(scores, descending=True, stable=True)[: cfg.max_per_img]
     index, scores, labels = index[order], scores[order], labels[order]
     shape = (-1, feat_h, feat_w)
-    masks = resize_masks(mask_probs.view(shape), masks.view(shape), index, image_size, tuple(original_size),
-                         cfg.mask_thr)
+    probs = mask_probabilities(kernels[index], features).view(shape)
+    masks = resize_masks(probs, masks[index].view(shape), image_size, tuple(original_size), cfg.mask_thr)
     return Detections(masks, labels, scores)
 
 
