@@ -12,7 +12,10 @@ times and the median of the per-round ratios.
 Agreement. Labels and scores must be identical. The final masks may differ only at pixels
 where the revision's upsampled probability (its ``F.interpolate`` output, recorded) lies within
 ``--tolerance`` of mask_thr: the current version resizes with exact-in-math matrices rounded
-differently (see ``solov2/model/postprocess.py``). The differing pixels are counted.
+differently (see ``solov2/model/postprocess.py``). The differing pixels are counted. To
+measure differing pixels, the last revision must resize with ``F.interpolate``, as f017d09 and
+earlier do (later ones build resize matrices with it); with a later one, differing pixels stop
+the script with a message, and identical results and the timings are reported as usual.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from solov2.config import load_config  # noqa: E402
-from solov2.engine.benchmark import crafted_outputs  # noqa: E402
+from solov2.engine.benchmark import POSTPROCESS_LOADS, crafted_outputs  # noqa: E402
 from solov2.model import postprocess as current_postprocess  # noqa: E402
 
 
@@ -103,6 +106,10 @@ def agreement(reference: types.ModuleType, call: tuple, mask_thr: float) -> Agre
         result.pixels += differ.numel()
         result.differing += int(differ.sum())
         if differ.any():
+            if p.shape != e.masks.shape:
+                raise SystemExit(f"masks differ, and the reference revision does not resize them with F.interpolate "
+                                 f"(recorded {tuple(p.shape)}, masks {tuple(e.masks.shape)}) to tell by how much: "
+                                 "make the last of --revs f017d09 or earlier")
             result.max_distance = max(result.max_distance, float((p[differ] - mask_thr).abs().max()))
     return result
 
@@ -146,7 +153,7 @@ def main() -> int:
     parser.add_argument("--size", default="448x672")
     parser.add_argument("--candidates", type=int, default=500)
     parser.add_argument("--batch", type=int, default=1, help="images per call (default: %(default)s)")
-    parser.add_argument("--load", default="blobs", choices=["blobs", "noise"],
+    parser.add_argument("--load", default="blobs", choices=POSTPROCESS_LOADS,
                         help="crafted masks (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from solov2.config import load_config  # noqa: E402
-from solov2.engine.benchmark import crafted_outputs  # noqa: E402
+from solov2.engine.benchmark import POSTPROCESS_LOADS, crafted_outputs  # noqa: E402
 from solov2.model import SOLOv2  # noqa: E402
 from solov2.model.fuse import optimize_for_inference  # noqa: E402
 from solov2.model.postprocess import postprocess  # noqa: E402
@@ -112,7 +112,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=15)
     parser.add_argument("--plain", action="store_true", help="network: no BN folding, NCHW")
-    parser.add_argument("--load", default="blobs", choices=["blobs", "noise"],
+    parser.add_argument("--load", default="blobs", choices=POSTPROCESS_LOADS,
                         help="postprocess: the crafted masks (default: %(default)s)")
     args = parser.parse_args()
     if args.threads > 0:

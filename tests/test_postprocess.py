@@ -11,6 +11,8 @@ MASK_TOLERANCE of mask_thr (``assert_masks_agree``).
 from __future__ import annotations
 
 import dataclasses
+import gc
+import io
 import math
 
 import pytest
@@ -19,11 +21,13 @@ import torch.nn.functional as F
 
 from solov2.config import TestConfig as InferenceConfig  # not named Test*: pytest would collect it
 from solov2.model.postprocess import (
+    MAPPED_ZEROS_BYTES,
     Detections,
+    _zeros_bool,
     cell_strides,
     flatten_levels,
-    mask_probabilities,
     mask_intersections,
+    mask_probabilities,
     matrix_nms,
     points_nms,
     postprocess,
@@ -694,9 +698,7 @@ def test_resize_masks_windows_cover_what_interpolate_turns_on():
     probs = torch.full((h * w, h, w), 0.2)
     for k in range(h * w):
         probs[k, k // w, k % w] = 1.0
-    masks = probs > 0.5
-    index = torch.arange(h * w)
-    ours = resize_masks(probs[index], masks[index], image, original, 0.5, band=2)
+    ours = resize_masks(probs, probs > 0.5, image, original, 0.5, band=2)
     ref = ref_resize(probs, image, original)
     assert torch.equal(ours, ref > 0.5)  # no pixel near 0.5 here: exactly equal
     assert int((ref > 0.5).flatten(1).any(1).sum()) > h * w // 2  # most single pixels survive the crop
@@ -727,11 +729,6 @@ def test_score_masks_long_rows_two_threads():
 def test_large_outputs_are_zeroed_memory_that_outlives_its_maker():
     """resize_masks' large outputs are anonymous memory maps (_zeros_bool): all False, writable,
     usable after collection, and saved / copied like any tensor."""
-    import gc
-    import io
-
-    from solov2.model.postprocess import MAPPED_ZEROS_BYTES, _zeros_bool
-
     shape = (3, 700, 600)
     assert math.prod(shape) >= MAPPED_ZEROS_BYTES
     out = _zeros_bool(shape, torch.device("cpu"), written=16)

@@ -33,7 +33,7 @@ from ..data.synthetic import ShapesOptions, make_shapes
 from ..evaluation.coco_eval import format_metrics, format_per_class, load_coco
 from .evaluate import evaluate_dataset, write_json_atomic
 from .predictor import PredictionResult, Predictor
-from .trainer import train
+from .trainer import autocast_dtype, train
 
 DEMO_PRESET = "demo_shapes"
 DEFAULT_TRAIN_IMAGES = 1200  # = iterations with the preset's 8 epochs of batch 8
@@ -94,6 +94,14 @@ def _enlarge_result(result: PredictionResult, scale: int) -> PredictionResult:
     """The result with its masks enlarged ``scale`` times (pixel replication)."""
     masks = np.repeat(np.repeat(result.masks, scale, axis=1), scale, axis=2)
     return PredictionResult(masks, result.labels, result.scores, result.class_names, result.category_ids)
+
+
+def training_precision(cfg: Config, device: str | None) -> str:
+    """How the demo trains, in words: "bf16 autocast", "fp16 autocast" or "fp32"."""
+    if not cfg.train.amp:
+        return "fp32"
+    dtype = autocast_dtype(torch.device(device or "cpu").type)
+    return f"{'fp16' if dtype == torch.float16 else 'bf16'} autocast"
 
 
 def write_overlays(predictor: Predictor, ann_file: Path, images_dir: Path, out_dir: Path,
@@ -167,7 +175,7 @@ def run_demo(
     summary = DemoSummary(
         out_dir=str(out), seed=seed, train_images=train_images, val_images=val_images,
         image_size=list(size), iterations=iterations,
-        precision=("fp16 autocast" if str(device).startswith("cuda") else "bf16 autocast") if cfg.train.amp else "fp32",
+        precision=training_precision(cfg, device),
         mask_AP=metrics["mask_AP"], mask_AP50=metrics["mask_AP50"], mask_AP75=metrics["mask_AP75"],
         box_AP=metrics["box_AP"],
         per_class_mask_AP={row["name"]: row["mask_AP"] for row in metrics["per_class"]},

@@ -178,15 +178,25 @@ def build_dataset(cfg: Config) -> CocoInstances:
 OPTIMIZERS = ("sgd", "adamw")
 
 
+def check_optimizer(train_cfg: TrainConfig) -> None:
+    """Raise ConfigError unless ``train.optimizer`` is one of OPTIMIZERS."""
+    if train_cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {train_cfg.optimizer!r}")
+
+
 def build_optimizer(model: nn.Module, train_cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
     """SGD with momentum (the release's) or AdamW, over the trainable parameters."""
+    check_optimizer(train_cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     if train_cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)
-    if train_cfg.optimizer == "adamw":
-        # The fused kernel is several times faster than the default multi-tensor one on CPUs.
-        return torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, fused=True)
-    raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {train_cfg.optimizer!r}")
+    # The fused kernel is several times faster than the default multi-tensor one on CPUs.
+    return torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, fused=True)
+
+
+def autocast_dtype(device_type: str) -> torch.dtype:
+    """The mixed-precision dtype of ``train.amp``: float16 on CUDA, bfloat16 elsewhere."""
+    return torch.float16 if device_type == "cuda" else torch.bfloat16
 
 
 def _rng_state() -> dict[str, Any]:
@@ -436,8 +446,7 @@ def _train_run(
     cfg, ctx, work_dir = run.cfg, run.ctx, run.work_dir
     device = ctx.device
 
-    if cfg.train.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.train.optimizer!r}")
+    check_optimizer(cfg.train)  # before any data is read
     checkpoint: dict[str, Any] | None = None
     if not resume:
         existing = [name for name in ("latest.pth", "final.pth") if (work_dir / name).is_file()]
@@ -455,13 +464,14 @@ def _train_run(
                 "use --load-from to start a new run from its weights"
             )
         checkpoint = resumed.raw
-        saved_optimizer = config_from_dict(resumed.config).train.optimizer
+        saved = config_from_dict(resumed.config)
+        saved_optimizer = saved.train.optimizer
         if saved_optimizer != cfg.train.optimizer:
             raise TrainingError(
                 f"{path} was trained with train.optimizer={saved_optimizer} but this run asks for "
                 f"{cfg.train.optimizer}; resume with train.optimizer={saved_optimizer}"
             )
-        saved_model = config_from_dict(resumed.config).model
+        saved_model = saved.model
         class_fields = ("num_classes", "class_names", "category_ids")
         differ = [k for k, v in asdict(saved_model).items() if k not in class_fields and getattr(cfg.model, k) != v]
         if differ:
@@ -509,7 +519,7 @@ def _train_run(
     amp_dtype = None
     scaler = None
     if cfg.train.amp:
-        amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        amp_dtype = autocast_dtype(device.type)
         if device.type == "cuda":
             scaler = torch.amp.GradScaler("cuda")
     if checkpoint is not None:

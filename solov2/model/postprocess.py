@@ -86,15 +86,13 @@ def mask_intersections(masks: Tensor, labels: Tensor | None = None, rows: Tensor
     ``masks[rows]`` (gathered here, class by class, rather than copied first).
     """
     flat = masks.reshape(masks.shape[0], -1)
-    if rows is None:
-        rows = torch.arange(flat.shape[0], device=flat.device)
-    n = rows.numel()
+    n = flat.shape[0] if rows is None else rows.numel()
     classes, counts = (None, None) if labels is None or n < 2 else torch.unique(labels, return_counts=True)
     if classes is None or classes.numel() == 1:
-        return _intersections(flat[rows])
+        return _intersections(flat if rows is None else flat[rows])
     out = torch.zeros((n, n), device=flat.device)
     for members in torch.argsort(labels, stable=True).split(counts.tolist()):
-        out[members[:, None], members] = _intersections(flat[rows[members]])
+        out[members[:, None], members] = _intersections(flat[members if rows is None else rows[members]])
     return out
 
 
