@@ -14,6 +14,7 @@ import dataclasses
 import gc
 import io
 import math
+import os
 
 import pytest
 import torch
@@ -728,7 +729,7 @@ def test_score_masks_long_rows_two_threads():
 
 def test_large_outputs_are_zeroed_memory_that_outlives_its_maker():
     """resize_masks' large outputs are anonymous memory maps (_zeros_bool): all False, writable,
-    usable after collection, and saved / copied like any tensor."""
+    private to the process, usable after collection, and saved / copied like any tensor."""
     shape = (3, 700, 600)
     assert math.prod(shape) >= MAPPED_ZEROS_BYTES
     out = _zeros_bool(shape, torch.device("cpu"), written=16)
@@ -737,6 +738,13 @@ def test_large_outputs_are_zeroed_memory_that_outlives_its_maker():
     out[1, 5:9, 7:11] = True
     gc.collect()
     assert int(out.sum()) == 16 and bool(out[1, 8, 10]) and not bool(out[2].any())
+    # Private: a forked process (e.g. a DataLoader worker) writing to it does not change ours.
+    child = os.fork()
+    if child == 0:
+        out[2, 0, 0] = True
+        os._exit(0 if bool(out[2, 0, 0]) else 1)
+    assert os.waitpid(child, 0)[1] == 0
+    assert not bool(out[2].any())
     buffer = io.BytesIO()
     torch.save(out, buffer)
     buffer.seek(0)

@@ -192,7 +192,7 @@ def score_masks(
         probs = torch.mm(kernels[start:stop], features, out=buffer[: stop - start])
         for first, last in _even_ranges(start, stop, pass_rows):
             p, m = probs[first - start : last - start].sigmoid_(), masks[first:last]
-            inside = F.threshold(p, mask_thr, 0.0)
+            inside = F.threshold(p, mask_thr, 0.0, inplace=True)  # p is not needed after this pass
             if mask_thr >= 0:
                 m.copy_(inside)
             else:
@@ -275,13 +275,17 @@ def _zeros_bool(shape: tuple[int, ...], device: torch.device, written: int) -> T
     CPU, when that is under half of a large tensor, it is an anonymous memory map: its pages come
     from the OS already zeroed and only those written are ever touched, where ``torch.zeros``
     writes every byte (for 100 masks of 480x720, 35 MB of page faults and stores, most of it for
-    pixels that stay False). Otherwise ``torch.zeros``, whose page faults are taken by all threads
-    at once rather than one window at a time. Not ``np.zeros``: NumPy asks for transparent huge
-    pages, whose faults stalled for up to 180 ms (benchmarks/NOTES.md, step 5)."""
+    pixels that stay False). Private, not Python's default shared mapping, which a forked process
+    (a DataLoader worker) would write through, and whose pages (shared memory) cost about 1.5
+    times as much to fault in (benchmarks/NOTES.md, step 6). Otherwise ``torch.zeros``, whose page faults are
+    taken by all threads at once rather than one window at a time. Not ``np.zeros``: NumPy asks
+    for transparent huge pages, whose faults stalled for up to 180 ms (benchmarks/NOTES.md,
+    step 5)."""
     size = math.prod(shape)
-    if device.type != "cpu" or size < MAPPED_ZEROS_BYTES or 2 * written > size:
+    mappable = device.type == "cpu" and hasattr(mmap, "MAP_PRIVATE")  # not on Windows
+    if not mappable or size < MAPPED_ZEROS_BYTES or 2 * written > size:
         return torch.zeros(shape, dtype=torch.bool, device=device)
-    return torch.frombuffer(mmap.mmap(-1, size), dtype=torch.bool).view(shape)
+    return torch.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE), dtype=torch.bool).view(shape)
 
 
 def resize_masks(
