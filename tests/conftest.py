@@ -13,8 +13,8 @@ import torch
 # OpenMP threads make a forward pass 10-50x slower. SOLOV2_TEST_THREADS=N to change.
 torch.set_num_threads(int(os.environ.get("SOLOV2_TEST_THREADS", "1")))
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CASIA = PROJECT_ROOT.parent / "shared" / "data" / "casia-spt-val"
+from _train_data import CASIA, PROJECT_ROOT  # noqa: E402  (one definition of the shared paths)
+
 KEY_LISTS = PROJECT_ROOT.parent / "shared" / "reference"
 
 
@@ -22,6 +22,14 @@ KEY_LISTS = PROJECT_ROOT.parent / "shared" / "reference"
 def casia_dir() -> Path:
     assert CASIA.is_dir(), f"shared data folder missing: {CASIA}"
     return CASIA
+
+
+@pytest.fixture(scope="session")
+def casia_images(casia_dir: Path) -> list[Path]:
+    """The first three real images of the shared set."""
+    images = sorted((casia_dir / "JPEGImages").glob("*.jpg"))[:3]
+    assert len(images) == 3, f"expected at least 3 .jpg images in {casia_dir / 'JPEGImages'}"
+    return images
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from _train_data import CASIA, write_json, write_shapes_dataset
+from _train_data import write_json, write_shapes_dataset
 from solov2.config import load_config
 from solov2.data.augment import TrainTransform, collate, resize_masks_nearest, xywh_to_xyxy
 from solov2.data.coco import (
@@ -27,12 +27,12 @@ def transform(scales=((768, 448),), flip_prob=0.5, convention="mmdet2"):
     return TrainTransform([list(s) for s in scales], flip_prob, cfg.input.mean, cfg.input.std, convention)
 
 
-def test_casia_loads_with_labels_in_category_id_order():
-    ds = CocoInstances(CASIA / "val_annotation.json", CASIA, transform=transform())
+def test_casia_loads_with_labels_in_category_id_order(casia_dir):
+    ds = CocoInstances(casia_dir / "val_annotation.json", casia_dir, transform=transform())
     assert len(ds) == 200 and ds.report.usable_instances == 682 and not ds.report.counts
     assert len(ds.category_ids) == 80 and ds.category_ids == sorted(ds.category_ids)
     assert ds.class_names[0] == "person" and ds.label_of[90] == 79
-    data = json.loads((CASIA / "val_annotation.json").read_text())
+    data = json.loads((casia_dir / "val_annotation.json").read_text())
     first = data["images"][0]
     anns = [a for a in data["annotations"] if a["image_id"] == first["id"]]
     record = ds.records[0]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from _train_data import CASIA, PROJECT_ROOT, TINY_MODEL, casia_subset, read_metrics, write_json, write_shapes_dataset
+from _train_data import PROJECT_ROOT, TINY_MODEL, casia_subset, read_metrics, write_json, write_shapes_dataset
 from solov2.checkpoint import load_checkpoint
 from solov2.cli import main
 from solov2.config import config_from_dict, load_config
@@ -45,10 +45,10 @@ def test_learning_rate_schedule():
     assert trainer.scaled_lr(cfg, world_size=8) == pytest.approx(0.01)  # 8 x 2 images = 16
 
 
-def test_short_run_on_real_images_lowers_the_loss(tmp_path):
+def test_short_run_on_real_images_lowers_the_loss(tmp_path, casia_dir):
     ann = casia_subset(tmp_path / "casia20.json", 20)
     cfg = load_config("light_448_r18", TINY_MODEL + [
-        f"data.train_ann={ann}", f"data.train_images={CASIA}", "data.workers=0",
+        f"data.train_ann={ann}", f"data.train_images={casia_dir}", "data.workers=0",
         "input.train_scales=[[160, 112]]", "train.epochs=3", "train.lr_steps=[3]", "train.base_batch_size=2",
         "train.base_lr=0.005", "train.warmup_iters=5", "train.log_interval=1", "train.val_interval=0",
     ])
