@@ -588,21 +588,52 @@ def straightforward_scores(kernels, features, mask_thr):
 
 @pytest.mark.parametrize("mask_thr", [0.5, 0.0, -0.1, 0.97])
 @pytest.mark.parametrize("product_rows,pass_rows", [(1, 1), (5, 5), (16, 5), (64, 16), (1000, 16), (7, 64)])
-def test_score_masks_equals_straightforward_form(mask_thr, product_rows, pass_rows):
+@pytest.mark.parametrize("with_priority", [False, True])
+def test_score_masks_equals_straightforward_form(mask_thr, product_rows, pass_rows, with_priority):
     """Bit-identical to one product, sigmoid, threshold, areas and (probs * masks.float()).sum,
-    whatever the block sizes, with empty and full masks among the rows (pixels a multiple of
-    64, as the network's outputs always are)."""
+    whatever the block sizes and the candidates whose probabilities are kept, with empty and
+    full masks among the rows (pixels a multiple of 64, as the network's outputs always are)."""
     g = torch.Generator().manual_seed(1)
     kernels, features = scoring_case(g, 37, 11 * 64)
     probs, masks, areas, sums = straightforward_scores(kernels, features, mask_thr)
-    got_masks, got_areas, got_sums = score_masks(kernels, features, mask_thr, product_rows, pass_rows)
-    assert torch.equal(got_masks, masks)
-    assert torch.equal(got_areas, areas)
-    assert torch.equal(got_sums, sums)
-    rows = torch.tensor([36, 0, 20, 35, 3, 36])  # recomputed later for the final resize
+    priority = torch.rand(37, generator=g) if with_priority else None
+    scored = score_masks(kernels, features, mask_thr, product_rows, pass_rows, priority=priority)
+    assert sorted(scored.row_of.tolist()) == list(range(37))
+    assert torch.equal(scored.masks[scored.row_of], masks)
+    assert torch.equal(scored.areas, areas)
+    assert torch.equal(scored.sums, sums)
+    kept = min(product_rows, 37) if with_priority else 0
+    assert scored.kept_probs.shape == (kept, 11 * 64)
+    if with_priority:  # the kept rows are the candidates of highest priority
+        top = set(priority.topk(kept).indices.tolist())
+        assert {int(i) for i in scored.row_of.argsort()[37 - kept :]} == top
+    rows = torch.tensor([36, 0, 20, 35, 3, 36])  # needed later for the final resize
+    assert torch.equal(scored.probabilities(rows, kernels, features), probs[rows])
     assert torch.equal(mask_probabilities(kernels[rows], features), probs[rows])
     assert bool(masks[1].all()) and bool(masks[0].any()) == (mask_thr <= 0)  # sigmoid(-30) is tiny but above 0
     assert mask_thr <= 0 or 0 < int(masks.sum()) < masks.numel()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows", [[7], [7, 2], [0, 5, 9], [3, 1, 4, 1, 5], list(range(3, 10))])
+def test_probabilities_do_not_depend_on_how_many_rows_are_computed(rows, threads):
+    """Real-valued (not dyadic) kernels and features of the network's sizes: the probabilities of
+    a few rows, recomputed for the final resize, equal bit for bit those of the scoring pass and
+    of one large product (MKL rounds some rows of small products differently; _product computes
+    at least MIN_PRODUCT_ROWS rows)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(5)
+        kernels, features = torch.randn(40, 128, generator=g) * 0.1, torch.randn(128, 56 * 84, generator=g)
+        index = torch.tensor(rows)
+        scored = score_masks(kernels, features, 0.5, 16, 16, priority=torch.rand(40, generator=g))
+        everything = torch.mm(kernels, features).sigmoid()
+        assert torch.equal(mask_probabilities(kernels[index], features), everything[index])
+        assert torch.equal(scored.probabilities(index, kernels, features), everything[index])
+        assert torch.equal(scored.masks[scored.row_of], everything > 0.5)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_score_masks_any_pixel_count_agrees_closely():
@@ -612,7 +643,8 @@ def test_score_masks_any_pixel_count_agrees_closely():
     g = torch.Generator().manual_seed(4)
     kernels, features = scoring_case(g, 37, 143)
     probs, masks, areas, sums = straightforward_scores(kernels, features, 0.5)
-    got_masks, got_areas, got_sums = score_masks(kernels, features, 0.5, 5, 3)
+    scored = score_masks(kernels, features, 0.5, 5, 3)
+    got_masks, got_areas, got_sums = scored.masks[scored.row_of], scored.areas, scored.sums
     differ = got_masks != masks
     assert torch.all((probs[differ] - 0.5).abs() < 1e-6)
     assert torch.all((got_areas - areas).abs() <= differ.sum(1))
@@ -720,7 +752,9 @@ def test_score_masks_long_rows_two_threads():
         g = torch.Generator().manual_seed(3)
         kernels, features = scoring_case(g, 33, 40_192)  # 628 x 64
         _, masks, areas, sums = straightforward_scores(kernels, features, 0.5)
-        got_masks, got_areas, got_sums = score_masks(kernels, features, 0.5, product_rows=16, pass_rows=16)
+        priority = torch.rand(33, generator=g)
+        scored = score_masks(kernels, features, 0.5, product_rows=16, pass_rows=16, priority=priority)
+        got_masks, got_areas, got_sums = scored.masks[scored.row_of], scored.areas, scored.sums
         assert torch.equal(got_masks, masks)
         assert torch.equal(got_areas, areas) and torch.equal(got_sums, sums)
     finally:

@@ -12,7 +12,9 @@ Agreement with the straightforward version (``F.interpolate`` x4 over all return
 crop, ``F.interpolate`` to the original size, threshold; tests/test_postprocess.py re-implements
 the release that way): labels, scores and their order are bit-identical in the tests and in
 ``benchmarks/compare_postprocess.py`` (1 and 2 threads; see ``score_masks`` for the last bit of
-a sigmoid). The final masks are not always bit-identical: ``resize_masks`` applies the two
+a sigmoid), except that with fewer than MIN_PRODUCT_ROWS candidates a single product takes
+MKL's path for small products, whose rounding differs in the last bit (here products always
+have at least that many rows: ``_product``). The final masks are not always bit-identical: ``resize_masks`` applies the two
 bilinear resizes as one product of per-axis matrices, equal in exact arithmetic but rounded
 differently, so a pixel can differ where F.interpolate's probability lies within float32
 rounding (about 1e-7) of ``mask_thr``; the tests allow a pixel to differ only where that
@@ -147,29 +149,75 @@ def cell_strides(grids: list[int], strides: list[int], device: torch.device | st
 
 PRODUCT_ROWS = 256  # candidates per mask product in score_masks: 256 x 112 x 168 float32 is 19 MB
 PASS_ROWS = 16  # candidates per pass over the probabilities: 16 x 112 x 168 float32 is 1.2 MB
+MIN_PRODUCT_ROWS = 16  # MKL rounds some rows of smaller products differently (benchmarks/NOTES.md, step 6)
+
+
+def _product(kernels: Tensor, features: Tensor, out: Tensor | None = None) -> Tensor:
+    """kernels @ features (into ``out``'s first rows if given), computed with at least
+    MIN_PRODUCT_ROWS rows (repeated when fewer): a row's values then do not depend on how many
+    rows are computed with it or where (with 2 threads, MKL was measured to round some rows of
+    products of 1-3, 5-7 and 9-11 rows differently from those of larger ones)."""
+    n = kernels.shape[0]
+    if 0 < n < MIN_PRODUCT_ROWS:
+        kernels = kernels[torch.arange(MIN_PRODUCT_ROWS, device=kernels.device) % n]
+    if out is None:
+        return torch.mm(kernels, features)[:n]
+    return torch.mm(kernels, features, out=out[: kernels.shape[0]])[:n]
 
 
 def mask_probabilities(kernels: Tensor, features: Tensor) -> Tensor:
     """(n, pixels) mask probabilities: sigmoid of the dynamic 1x1 convolution of the (E, pixels)
     mask features with the (n, E) kernels."""
-    return torch.mm(kernels, features).sigmoid_()
+    return _product(kernels, features).sigmoid_()
+
+
+@dataclass
+class ScoredMasks:
+    """``score_masks``' results for n candidates. Rows of ``masks`` are in the order they were
+    computed: candidate i is row ``row_of[i]``. The probabilities of the last
+    ``len(kept_probs)`` rows were kept."""
+
+    masks: Tensor  # (n, pixels) bool
+    row_of: Tensor  # (n,)
+    areas: Tensor  # (n,) float32, per candidate
+    sums: Tensor  # (n,) float32, per candidate
+    kept_probs: Tensor  # (kept, pixels) float32
+
+    def rows(self, index: Tensor) -> Tensor:
+        """Rows of ``masks`` of the candidates ``index``."""
+        return self.row_of[index]
+
+    def probabilities(self, index: Tensor, kernels: Tensor, features: Tensor) -> Tensor:
+        """(k, pixels) probabilities of the candidates ``index``: copied where kept, recomputed
+        (``mask_probabilities``, equal bit for bit) otherwise."""
+        rows = self.row_of[index] - (self.masks.shape[0] - self.kept_probs.shape[0])
+        missing = rows < 0
+        if not bool(missing.any()):
+            return self.kept_probs.index_select(0, rows)
+        out = features.new_empty((index.numel(), features.shape[1]))
+        out[~missing] = self.kept_probs[rows[~missing]]
+        out[missing] = mask_probabilities(kernels[index[missing]], features)
+        return out
 
 
 def score_masks(
     kernels: Tensor, features: Tensor, mask_thr: float, product_rows: int = PRODUCT_ROWS, pass_rows: int = PASS_ROWS,
-) -> tuple[Tensor, Tensor, Tensor]:
+    priority: Tensor | None = None,
+) -> ScoredMasks:
     """Binary masks (probability > mask_thr) of the (n, E) kernels on the (E, pixels) mask
     features, their areas and the sums of the probabilities inside them (float32). The
-    probabilities themselves are not kept: ``mask_probabilities`` recomputes the few needed later
-    (keeping the last block's instead was measured no faster).
+    probabilities of the (up to ``product_rows``) candidates of highest ``priority`` are kept,
+    those of the others are not: ``ScoredMasks.probabilities`` recomputes the few needed later.
+    Post-processing passes the category scores, and the returned masks were measured to be
+    95-99% among the 256 highest (benchmarks/NOTES.md, step 6).
 
     On the CPU, the products run ``product_rows`` candidates at a time into one reused buffer (a
     (500, 18816) float32 result is 38 MB of new memory, whose page faults cost as much as the
-    product's arithmetic), and the passes after it over ``pass_rows`` at a time, read from the
-    cache rather than from memory. ``F.threshold`` keeps p where p > mask_thr and gives 0
-    elsewhere: the values of ``probs * masks.float()`` in one pass, without a float copy of the
-    masks; for mask_thr >= 0 its nonzeros are the mask (a cast to bool is several times faster
-    than a comparison).
+    product's arithmetic), the kept candidates last, and the passes after it over ``pass_rows``
+    at a time, read from the cache rather than from memory. ``F.threshold`` keeps p where
+    p > mask_thr and gives 0 elsewhere: the values of ``probs * masks.float()`` in one pass,
+    without a float copy of the masks; for mask_thr >= 0 its nonzeros are the mask (a cast to
+    bool is several times faster than a comparison).
 
     The results equal ``mask_probabilities`` followed by the same threshold and sums, bit for
     bit, when the sigmoid computes every element in its vectorized loop: PyTorch's loop takes 32
@@ -177,29 +225,39 @@ def score_masks(
     rounded differently in the last bit. The network's outputs have a multiple of 64 pixels
     (inputs padded to a multiple of 32, features at a quarter of it), enough for that with 1 or 2
     threads; otherwise a few probabilities can differ in the last bit (the rows of a product do
-    not depend on how many rows it has).
+    not depend on how many rows it has: ``_product``).
     """
     n = kernels.shape[0]
     pixels = features.shape[1]
-    masks = torch.empty((n, pixels), dtype=torch.bool, device=features.device)
+    device = features.device
+    if device.type != "cpu":
+        product_rows = pass_rows = max(n, 1)
+    keep = (priority.topk(min(product_rows, n)).indices if priority is not None
+            else torch.zeros(0, dtype=torch.long, device=device))
+    kept = torch.zeros(n, dtype=torch.bool, device=device)
+    kept[keep] = True
+    order = torch.cat([(~kept).nonzero().squeeze(1), keep])  # rows of masks: the kept candidates last
+    row_of = torch.empty_like(order)
+    row_of[order] = torch.arange(n, device=device)
+    first_kept = n - keep.numel()
+    products = _even_ranges(0, first_kept, product_rows) + ([(first_kept, n)] if keep.numel() else [])
+
+    masks = torch.empty((n, pixels), dtype=torch.bool, device=device)
     areas = features.new_empty(n)
     sums = features.new_empty(n)
-    if features.device.type != "cpu":
-        product_rows = pass_rows = max(n, 1)
-    products = _even_ranges(0, n, product_rows)
-    buffer = features.new_empty((max((b - a for a, b in products), default=0), pixels))
+    buffer = features.new_empty((max([MIN_PRODUCT_ROWS] + [b - a for a, b in products]), pixels))
     for start, stop in products:
-        probs = torch.mm(kernels[start:stop], features, out=buffer[: stop - start])
+        probs = _product(kernels[order[start:stop]], features, out=buffer)
         for first, last in _even_ranges(start, stop, pass_rows):
             p, m = probs[first - start : last - start].sigmoid_(), masks[first:last]
-            inside = F.threshold(p, mask_thr, 0.0, inplace=True)  # p is not needed after this pass
+            inside = F.threshold(p, mask_thr, 0.0, inplace=start < first_kept)  # kept: p stays
             if mask_thr >= 0:
                 m.copy_(inside)
             else:
                 torch.gt(p, mask_thr, out=m)
             torch.sum(inside, 1, out=sums[first:last])
             areas[first:last].copy_(m.view(torch.uint8).sum(1, dtype=torch.int32))  # exact counts
-    return masks, areas, sums
+    return ScoredMasks(masks, row_of, areas[row_of], sums[row_of], buffer[: n - first_kept])
 
 
 def _even_ranges(start: int, stop: int, size: int) -> list[tuple[int, int]]:
@@ -357,7 +415,8 @@ def postprocess_image(
     feat_h, feat_w = mask_features.shape[-2:]
     features = mask_features.reshape(mask_features.shape[0], -1)
     kernels = kernels[cell_index]
-    masks, areas, prob_sums = score_masks(kernels, features, cfg.mask_thr)
+    scored = score_masks(kernels, features, cfg.mask_thr, priority=scores)
+    areas, prob_sums = scored.areas, scored.sums
 
     # Only indices move from here on: rows of masks are gathered when needed.
     kept = (areas > strides[cell_index]).nonzero().squeeze(1)
@@ -368,7 +427,8 @@ def postprocess_image(
     order = torch.argsort(scores, descending=True, stable=True)[: cfg.nms_pre]
     index, scores = kept[order], scores[order]
     labels = labels[index]
-    scores = matrix_nms(masks, labels, scores, cfg.nms_kernel, cfg.nms_sigma, areas[index], rows=index)
+    scores = matrix_nms(scored.masks, labels, scores, cfg.nms_kernel, cfg.nms_sigma, areas[index],
+                        rows=scored.rows(index))
     keep = scores >= cfg.update_thr
     if not keep.any():
         return Detections.empty(*original_size, device=device)
@@ -377,8 +437,9 @@ def postprocess_image(
     order = torch.argsort(scores, descending=True, stable=True)[: cfg.max_per_img]
     index, scores, labels = index[order], scores[order], labels[order]
     shape = (-1, feat_h, feat_w)
-    probs = mask_probabilities(kernels[index], features).view(shape)
-    masks = resize_masks(probs, masks[index].view(shape), image_size, tuple(original_size), cfg.mask_thr)
+    probs = scored.probabilities(index, kernels, features).view(shape)
+    masks = scored.masks[scored.rows(index)].view(shape)
+    masks = resize_masks(probs, masks, image_size, tuple(original_size), cfg.mask_thr)
     return Detections(masks, labels, scores)
 
 
