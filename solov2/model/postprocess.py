@@ -118,12 +118,12 @@ def matrix_nms(
         return scores.clone()
     if mask_areas is None:
         mask_areas = (masks if rows is None else masks[rows]).reshape(n, -1).float().sum(1)
+    # Intersections of masks of different classes are 0 (not counted), so the IoU matrix is
+    # already the release's iou * same_class.
     inter = mask_intersections(masks, labels, rows)
     areas = mask_areas.float().expand(n, n)
-    iou = (inter / (areas + areas.t() - inter)).triu(diagonal=1)
-    same_class = (labels[:, None] == labels[None, :]).float().triu(diagonal=1)
-    decay_iou = iou * same_class
-    compensate_iou = decay_iou.max(0).values.expand(n, n).t()
+    decay_iou = (inter / (areas + areas.t() - inter)).triu(diagonal=1)
+    compensate_iou = decay_iou.max(0).values[:, None]  # per row i: the release's expand(n, n).t()
     if kernel == "gaussian":
         decay = torch.exp(-sigma * decay_iou**2) / torch.exp(-sigma * compensate_iou**2)
     elif kernel == "linear":
@@ -187,17 +187,19 @@ class ScoredMasks:
         """Rows of ``masks`` of the candidates ``index``."""
         return self.row_of[index]
 
-    def probabilities(self, index: Tensor, kernels: Tensor, features: Tensor) -> Tensor:
-        """(k, pixels) probabilities of the candidates ``index``: copied where kept, recomputed
-        (``mask_probabilities``, equal bit for bit) otherwise."""
+    def probabilities(self, index: Tensor, kernels: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        """The probabilities of the candidates ``index`` as (source, rows): those of candidate
+        ``index[j]`` are ``source[rows[j]]``. The source is ``kept_probs`` when all were kept
+        (nothing is copied), else a new tensor, the missing ones recomputed
+        (``mask_probabilities``, equal bit for bit)."""
         rows = self.row_of[index] - (self.masks.shape[0] - self.kept_probs.shape[0])
         missing = rows < 0
         if not bool(missing.any()):
-            return self.kept_probs.index_select(0, rows)
+            return self.kept_probs, rows
         out = features.new_empty((index.numel(), features.shape[1]))
         out[~missing] = self.kept_probs[rows[~missing]]
         out[missing] = mask_probabilities(kernels[index[missing]], features)
-        return out
+        return out, torch.arange(index.numel(), device=index.device)
 
 
 def score_masks(
@@ -348,12 +350,13 @@ def _zeros_bool(shape: tuple[int, ...], device: torch.device, written: int) -> T
 
 def resize_masks(
     probs: Tensor, masks: Tensor, image_size: tuple[int, int], original_size: tuple[int, int], mask_thr: float,
-    band: int = RESIZE_BAND,
+    band: int = RESIZE_BAND, probs_rows: Tensor | None = None,
 ) -> Tensor:
     """(k, H, W) bool at the original size for (k, h, w) mask probabilities ``probs`` and their
     binary ``masks`` (probs > mask_thr): bilinear x4, crop to the resized image, bilinear to
     the original size, threshold, as ``F.interpolate`` twice but computed only in each mask's
-    window.
+    window. With ``probs_rows``, the probabilities are ``probs[probs_rows]`` (read in place, not
+    copied).
 
     Both resizes of an axis are one matrix (``resize_matrix``), so a window is
     ``rows @ probs @ cols.T`` over the inputs it reads. A bilinear value is a convex combination
@@ -363,7 +366,8 @@ def resize_masks(
     equal F.interpolate's in exact arithmetic; rounded differently, they can fall on the other
     side of mask_thr where they are within ~1e-7 of it.
     """
-    k, feat_h, feat_w = probs.shape
+    k = masks.shape[0]
+    feat_h, feat_w = probs.shape[1:]
     if k == 0:
         return torch.zeros((0, *original_size), dtype=torch.bool, device=probs.device)
     device = str(probs.device)
@@ -378,13 +382,14 @@ def resize_masks(
     row_first, row_last, col_first, col_last = (t.tolist() for t in (axes[0].first, axes[0].last,
                                                                      axes[1].first, axes[1].last))
     y_start, y_stop, x_start, x_stop = (t.tolist() for t in (*y, *x))
+    source = list(range(k)) if probs_rows is None else probs_rows.tolist()
     for i in nonempty.tolist():
         y_bands = _bands(y_start[i], y_stop[i], row_first, row_last, band)
         x_bands = _bands(x_start[i], x_stop[i], col_first, col_last, band)
         top, bottom, left, right = y_bands[0][2], y_bands[-1][3], x_start[i], x_stop[i]
         across = probs.new_empty((bottom - top, right - left))  # the window's input rows, resized along x
         for a, b, c0, c1 in x_bands:
-            torch.mm(probs[i, top:bottom, c0:c1], cols_t[c0:c1, a:b], out=across[:, a - left : b - left])
+            torch.mm(probs[source[i], top:bottom, c0:c1], cols_t[c0:c1, a:b], out=across[:, a - left : b - left])
         for a, b, r0, r1 in y_bands:
             _above(rows[a:b, r0:r1] @ across[r0 - top : r1 - top], mask_thr, out[i, a:b, left:right])
     return out
@@ -437,9 +442,9 @@ def postprocess_image(
     order = torch.argsort(scores, descending=True, stable=True)[: cfg.max_per_img]
     index, scores, labels = index[order], scores[order], labels[order]
     shape = (-1, feat_h, feat_w)
-    probs = scored.probabilities(index, kernels, features).view(shape)
+    probs, rows = scored.probabilities(index, kernels, features)
     masks = scored.masks[scored.rows(index)].view(shape)
-    masks = resize_masks(probs, masks, image_size, tuple(original_size), cfg.mask_thr)
+    masks = resize_masks(probs.view(shape), masks, image_size, tuple(original_size), cfg.mask_thr, probs_rows=rows)
     return Detections(masks, labels, scores)
 
 
