@@ -608,10 +608,11 @@ def test_score_masks_equals_straightforward_form(mask_thr, product_rows, pass_ro
         top = set(priority.topk(kept).indices.tolist())
         assert {int(i) for i in scored.row_of.argsort()[37 - kept :]} == top
     rows = torch.tensor([36, 0, 20, 35, 3, 36])  # needed later for the final resize
-    source, at = scored.probabilities(rows, kernels, features)
-    assert torch.equal(source[at], probs[rows])
-    all_kept = bool((scored.row_of[rows] >= 37 - kept).all())
-    assert (source is scored.kept_probs) == all_kept  # all kept: nothing copied
+    got = scored.probabilities(rows, kernels, features)
+    assert torch.equal(torch.stack(got), probs[rows])
+    kept_rows = (scored.row_of[rows] >= 37 - kept).tolist()
+    for p, is_kept in zip(got, kept_rows):  # kept: views of kept_probs, nothing copied
+        assert (p.untyped_storage().data_ptr() == scored.kept_probs.untyped_storage().data_ptr()) == is_kept
     assert torch.equal(mask_probabilities(kernels[rows], features), probs[rows])
     assert bool(masks[1].all()) and bool(masks[0].any()) == (mask_thr <= 0)  # sigmoid(-30) is tiny but above 0
     assert mask_thr <= 0 or 0 < int(masks.sum()) < masks.numel()
@@ -633,8 +634,7 @@ def test_probabilities_do_not_depend_on_how_many_rows_are_computed(rows, threads
         scored = score_masks(kernels, features, 0.5, 16, 16, priority=torch.rand(40, generator=g))
         everything = torch.mm(kernels, features).sigmoid()
         assert torch.equal(mask_probabilities(kernels[index], features), everything[index])
-        source, at = scored.probabilities(index, kernels, features)
-        assert torch.equal(source[at], everything[index])
+        assert torch.equal(torch.stack(scored.probabilities(index, kernels, features)), everything[index])
         assert torch.equal(scored.masks[scored.row_of], everything > 0.5)
     finally:
         torch.set_num_threads(previous)
@@ -720,7 +720,8 @@ def test_resize_masks_agrees_with_interpolate(feature, image, original, band):
         if mask_thr == 0.5:
             index = torch.cat([index, torch.arange(20, len(probs))]).unique(sorted=False)  # all edge cases
         ours = resize_masks(probs[index], masks[index], image, original, mask_thr, band)
-        assert torch.equal(resize_masks(probs, masks[index], image, original, mask_thr, band, probs_rows=index), ours)
+        as_views = [probs[i].flatten() for i in index.tolist()]
+        assert torch.equal(resize_masks(as_views, masks[index], image, original, mask_thr, band), ours)
         ref = ref_resize(probs[index], image, original)
         assert ours.shape == (len(index), *original)
         differing = assert_masks_agree(ours, ref, mask_thr)

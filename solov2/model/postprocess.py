@@ -27,6 +27,7 @@ import functools
 import itertools
 import math
 import mmap
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -187,19 +188,14 @@ class ScoredMasks:
         """Rows of ``masks`` of the candidates ``index``."""
         return self.row_of[index]
 
-    def probabilities(self, index: Tensor, kernels: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
-        """The probabilities of the candidates ``index`` as (source, rows): those of candidate
-        ``index[j]`` are ``source[rows[j]]``. The source is ``kept_probs`` when all were kept
-        (nothing is copied), else a new tensor, the missing ones recomputed
-        (``mask_probabilities``, equal bit for bit)."""
-        rows = self.row_of[index] - (self.masks.shape[0] - self.kept_probs.shape[0])
-        missing = rows < 0
-        if not bool(missing.any()):
-            return self.kept_probs, rows
-        out = features.new_empty((index.numel(), features.shape[1]))
-        out[~missing] = self.kept_probs[rows[~missing]]
-        out[missing] = mask_probabilities(kernels[index[missing]], features)
-        return out, torch.arange(index.numel(), device=index.device)
+    def probabilities(self, index: Tensor, kernels: Tensor, features: Tensor) -> list[Tensor]:
+        """The (pixels,) probabilities of each of the candidates ``index``: rows of
+        ``kept_probs`` (views, nothing is copied), recomputed (``mask_probabilities``, equal bit
+        for bit) for the candidates not kept."""
+        rows = (self.row_of[index] - (self.masks.shape[0] - self.kept_probs.shape[0])).tolist()
+        missing = [j for j, r in enumerate(rows) if r < 0]
+        recomputed = iter(mask_probabilities(kernels[index[missing]], features) if missing else ())
+        return [self.kept_probs[r] if r >= 0 else next(recomputed) for r in rows]
 
 
 def score_masks(
@@ -349,14 +345,14 @@ def _zeros_bool(shape: tuple[int, ...], device: torch.device, written: int) -> T
 
 
 def resize_masks(
-    probs: Tensor, masks: Tensor, image_size: tuple[int, int], original_size: tuple[int, int], mask_thr: float,
-    band: int = RESIZE_BAND, probs_rows: Tensor | None = None,
+    probs: Tensor | Sequence[Tensor], masks: Tensor, image_size: tuple[int, int], original_size: tuple[int, int],
+    mask_thr: float, band: int = RESIZE_BAND,
 ) -> Tensor:
     """(k, H, W) bool at the original size for (k, h, w) mask probabilities ``probs`` and their
     binary ``masks`` (probs > mask_thr): bilinear x4, crop to the resized image, bilinear to
     the original size, threshold, as ``F.interpolate`` twice but computed only in each mask's
-    window. With ``probs_rows``, the probabilities are ``probs[probs_rows]`` (read in place, not
-    copied).
+    window. ``probs`` may also be a sequence of k tensors of h x w probabilities (views of a
+    larger tensor: nothing is copied).
 
     Both resizes of an axis are one matrix (``resize_matrix``), so a window is
     ``rows @ probs @ cols.T`` over the inputs it reads. A bilinear value is a convex combination
@@ -366,30 +362,29 @@ def resize_masks(
     equal F.interpolate's in exact arithmetic; rounded differently, they can fall on the other
     side of mask_thr where they are within ~1e-7 of it.
     """
-    k = masks.shape[0]
-    feat_h, feat_w = probs.shape[1:]
+    k, feat_h, feat_w = masks.shape
     if k == 0:
-        return torch.zeros((0, *original_size), dtype=torch.bool, device=probs.device)
-    device = str(probs.device)
+        return torch.zeros((0, *original_size), dtype=torch.bool, device=masks.device)
+    device = str(masks.device)
     axes = (ResizeAxis.build(feat_h, image_size[0], original_size[0], device),
             ResizeAxis.build(feat_w, image_size[1], original_size[1], device))
     chosen = masks.view(torch.uint8)
     y = axes[0].output_ranges(chosen.amax(2))
     x = axes[1].output_ranges(chosen.amax(1))
-    out = _zeros_bool((k, *original_size), probs.device, int(((y[1] - y[0]) * (x[1] - x[0])).sum()))
+    out = _zeros_bool((k, *original_size), masks.device, int(((y[1] - y[0]) * (x[1] - x[0])).sum()))
     nonempty = ((y[1] > y[0]) & (x[1] > x[0])).nonzero().squeeze(1)
     rows, cols_t = axes[0].matrix, axes[1].matrix.t().contiguous()
     row_first, row_last, col_first, col_last = (t.tolist() for t in (axes[0].first, axes[0].last,
                                                                      axes[1].first, axes[1].last))
     y_start, y_stop, x_start, x_stop = (t.tolist() for t in (*y, *x))
-    source = list(range(k)) if probs_rows is None else probs_rows.tolist()
     for i in nonempty.tolist():
+        mask_probs = probs[i].view(feat_h, feat_w)
         y_bands = _bands(y_start[i], y_stop[i], row_first, row_last, band)
         x_bands = _bands(x_start[i], x_stop[i], col_first, col_last, band)
         top, bottom, left, right = y_bands[0][2], y_bands[-1][3], x_start[i], x_stop[i]
-        across = probs.new_empty((bottom - top, right - left))  # the window's input rows, resized along x
+        across = mask_probs.new_empty((bottom - top, right - left))  # the window's input rows, resized along x
         for a, b, c0, c1 in x_bands:
-            torch.mm(probs[source[i], top:bottom, c0:c1], cols_t[c0:c1, a:b], out=across[:, a - left : b - left])
+            torch.mm(mask_probs[top:bottom, c0:c1], cols_t[c0:c1, a:b], out=across[:, a - left : b - left])
         for a, b, r0, r1 in y_bands:
             _above(rows[a:b, r0:r1] @ across[r0 - top : r1 - top], mask_thr, out[i, a:b, left:right])
     return out
@@ -442,9 +437,9 @@ def postprocess_image(
     order = torch.argsort(scores, descending=True, stable=True)[: cfg.max_per_img]
     index, scores, labels = index[order], scores[order], labels[order]
     shape = (-1, feat_h, feat_w)
-    probs, rows = scored.probabilities(index, kernels, features)
+    probs = scored.probabilities(index, kernels, features)
     masks = scored.masks[scored.rows(index)].view(shape)
-    masks = resize_masks(probs.view(shape), masks, image_size, tuple(original_size), cfg.mask_thr, probs_rows=rows)
+    masks = resize_masks(probs, masks, image_size, tuple(original_size), cfg.mask_thr)
     return Detections(masks, labels, scores)
 
 
