@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from solov2.config import load_config  # noqa: E402
 from solov2.engine.benchmark import POSTPROCESS_LOADS, crafted_outputs  # noqa: E402
 from solov2.model import postprocess as current_postprocess  # noqa: E402
+from solov2.model.postprocess import ScoredMasks  # noqa: E402
 
 
 class RecordingF(types.SimpleNamespace):
@@ -110,17 +111,38 @@ def agreement(reference: types.ModuleType, call: tuple, mask_thr: float) -> Agre
         if len(e) == 0:
             continue
         result.score_difference = max(result.score_difference, float((e.scores - g.scores).abs().max()))
-        p = next(probs).squeeze(0)
+        p = next(probs, None)  # none left when the revision caches its resize matrices
         differ = e.masks != g.masks
         result.pixels += differ.numel()
         result.differing += int(differ.sum())
         if differ.any():
-            if p.shape != e.masks.shape:
-                raise SystemExit(f"masks differ, and the reference revision does not resize them with F.interpolate "
-                                 f"(recorded {tuple(p.shape)}, masks {tuple(e.masks.shape)}) to tell by how much: "
-                                 "make the last of --revs f017d09 or earlier")
+            p = None if p is None else p.squeeze(0)
+            if p is None or p.shape != e.masks.shape:
+                raise SystemExit("masks differ, and the reference revision does not resize them with F.interpolate "
+                                 f"(masks {tuple(e.masks.shape)}) to tell by how much: make the last of --revs "
+                                 "f017d09 or earlier")
             result.max_distance = max(result.max_distance, float((p[differ] - mask_thr).abs().max()))
     return result
+
+
+def kept_share(call: tuple) -> tuple[int, int]:
+    """(returned masks whose probabilities score_masks kept, returned masks) on one call of the
+    current version: the rest are recomputed."""
+    counts = [0, 0]
+    original = ScoredMasks.probabilities
+
+    def counting(self: ScoredMasks, index: torch.Tensor, kernels: torch.Tensor, features: torch.Tensor):
+        counts[0] += int((self.row_of[index] >= self.masks.shape[0] - self.kept_probs.shape[0]).sum())
+        counts[1] += index.numel()
+        return original(self, index, kernels, features)
+
+    ScoredMasks.probabilities = counting
+    try:
+        with torch.inference_mode():
+            current_postprocess(*call)
+    finally:
+        ScoredMasks.probabilities = original
+    return counts[0], counts[1]
 
 
 def random_cases(cfg, reference: types.ModuleType, seeds: int) -> tuple[int, Agreement]:
@@ -205,6 +227,8 @@ def main() -> int:
         ratios = [x / y for x, y in zip(times["now"], times[rev])]
         print(f"  now / {rev}: median per-round ratio {statistics.median(ratios):.3f}")
     print(f"  now vs {args.revs[-1]}: {describe(here)}")
+    kept, returned_total = kept_share(call_args)
+    print(f"  returned masks whose probabilities were kept from scoring (not recomputed): {kept} of {returned_total}")
     ok = here.ok(args.tolerance, args.score_tolerance)
     if args.cases:
         cases, total = random_cases(cfg, reference, args.cases)
