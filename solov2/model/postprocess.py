@@ -332,7 +332,7 @@ def _zeros_bool(shape: tuple[int, ...], device: torch.device, written: int) -> T
     from the OS already zeroed and only those written are ever touched, where ``torch.zeros``
     writes every byte (for 100 masks of 480x720, 35 MB of page faults and stores, most of it for
     pixels that stay False). Private, not Python's default shared mapping, which a forked process
-    (a DataLoader worker) would write through, and whose pages (shared memory) cost about 1.5
+    (a DataLoader worker) would write through, and whose pages (shared memory) cost about 1.4
     times as much to fault in (benchmarks/NOTES.md, step 6). Otherwise ``torch.zeros``, whose page faults are
     taken by all threads at once rather than one window at a time. Not ``np.zeros``: NumPy asks
     for transparent huge pages, whose faults stalled for up to 180 ms (benchmarks/NOTES.md,
