@@ -7,12 +7,15 @@ project's names; ``load_weights`` loads it into a model, strictly by default.
 
 from __future__ import annotations
 
+import os
+import pickle
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -20,6 +23,7 @@ from .atomic import atomic_open
 
 OWN_FORMAT = "solov2"
 FORMAT_VERSION = 1
+TRUST_PICKLE_ENV = "SOLOV2_TRUST_PICKLE"  # "1": load files that need full unpickling
 
 
 class CheckpointError(ValueError):
@@ -127,13 +131,51 @@ def _strip_module_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
     return state_dict
 
 
-def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Read a weights file of any supported format; raises CheckpointError naming the file."""
+def _numpy_reconstructors() -> list[Any]:
+    """What unpickling NumPy arrays and scalars calls (data only; as this project's training
+    checkpoints hold NumPy's RNG state): the functions found through NumPy itself, whose module
+    moved between NumPy 1 and 2."""
+    dtype_classes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGSUVMm"}  # not "O": objects
+    return [np.ndarray, np.dtype, np.zeros(1).__reduce__()[0], np.float64(0).__reduce__()[0], *dtype_classes]
+
+
+def _read(path: Path, trust_pickle: bool) -> Any:
+    """torch.load without running code from the file (``weights_only``: tensors, plain Python
+    values, NumPy arrays); files that need more are refused unless ``trust_pickle``."""
+    try:
+        with torch.serialization.safe_globals(_numpy_reconstructors()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise  # a corrupt file
+        if not trust_pickle:
+            try:
+                names = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "unknown"
+            except Exception:  # only zip-format files can be listed
+                names = "unknown"
+            raise CheckpointError(
+                f"{path}: holds Python objects other than tensors, plain values and NumPy arrays "
+                f"({names}); unpickling them could run code from the file. If you trust the file, "
+                f"set {TRUST_PICKLE_ENV}=1 to load it anyway"
+            ) from err
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_checkpoint(path: str | Path, trust_pickle: bool | None = None) -> LoadedCheckpoint:
+    """Read a weights file of any supported format; raises CheckpointError naming the file.
+
+    Files are read without running code from them. One that holds other Python objects is
+    refused unless ``trust_pickle`` (default: the environment variable SOLOV2_TRUST_PICKLE=1).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
+    if trust_pickle is None:
+        trust_pickle = os.environ.get(TRUST_PICKLE_ENV) == "1"
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
+        raw = _read(path, trust_pickle)
+    except CheckpointError:
+        raise
     except Exception as err:  # torch raises many types for corrupt files
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(raw, dict):

@@ -9,6 +9,7 @@ import random
 import warnings
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -310,6 +311,50 @@ def test_own_format_round_trip_and_extras(source, tmp_path):
     bare = tmp_path / "bare.pth"
     torch.save(model.state_dict(), bare)
     assert load_checkpoint(bare).format == "solov2"
+
+
+class WritesAFileWhenUnpickled:
+    """Unpickling this calls Path.write_text: stands in for a file that runs code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).write_text, (self.marker, "code from the file ran"))
+
+
+def test_files_that_would_run_code_are_refused_unless_trusted(source, to_foreign, tmp_path, monkeypatch):
+    model, images, expected = source
+    marker = tmp_path / "marker.txt"
+    path = tmp_path / "foreign.pth"
+    torch.save({"state_dict": to_foreign(model.state_dict(), "official"),
+                "meta": {"hook": WritesAFileWhenUnpickled(marker)}}, path)
+    monkeypatch.delenv("SOLOV2_TRUST_PICKLE", raising=False)
+    with pytest.raises(CheckpointError, match="SOLOV2_TRUST_PICKLE=1") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value) and "pathlib" in str(info.value)  # what the file would call
+    assert not marker.exists()  # nothing from the file ran
+    loaded = load_checkpoint(path, trust_pickle=True)
+    assert marker.read_text() == "code from the file ran" and loaded.format == "official"
+    marker.unlink()
+    monkeypatch.setenv("SOLOV2_TRUST_PICKLE", "1")
+    assert load_checkpoint(path).format == "official" and marker.exists()
+    target = fresh_model()
+    load_weights(target, loaded.state_dict, source=str(path))
+    assert_same_outputs(target, images, expected)
+
+
+def test_numpy_values_load_without_trust(source, tmp_path, monkeypatch):
+    """Training checkpoints hold NumPy's RNG state; mmdetection metadata can hold NumPy values."""
+    model, _, _ = source
+    monkeypatch.delenv("SOLOV2_TRUST_PICKLE", raising=False)
+    state = np.random.RandomState(3).get_state()
+    path = tmp_path / "epoch_1.pth"
+    atomic_save(make_checkpoint(model, load_config("light_448_r18").to_dict(), rng={"numpy": state},
+                                best=np.float64(0.25), seen=np.arange(4, dtype=np.int32)), path)
+    raw = load_checkpoint(path).raw
+    assert raw["rng"]["numpy"][0] == "MT19937" and np.array_equal(raw["rng"]["numpy"][1], state[1])
+    assert raw["best"] == 0.25 and raw["seen"].dtype == np.int32
 
 
 class ExplodesWhenPickled:
