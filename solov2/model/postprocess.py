@@ -166,6 +166,19 @@ def _product(kernels: Tensor, features: Tensor, out: Tensor | None = None) -> Te
     return torch.mm(kernels, features, out=out[: kernels.shape[0]])[:n]
 
 
+def _above(values: Tensor, threshold: float, out: Tensor, inplace: bool = True) -> Tensor:
+    """out[...] = values > threshold. Returns ``F.threshold(values, threshold, 0)`` (the values
+    above it kept, the others 0), written over ``values`` when ``inplace``. For threshold >= 0
+    ``out`` is that cast to bool (nonzero: True), several times faster on the CPU than the
+    comparison."""
+    if threshold < 0:
+        torch.gt(values, threshold, out=out)  # before the threshold can overwrite values
+    inside = F.threshold(values, threshold, 0.0, inplace=inplace)
+    if threshold >= 0:
+        out.copy_(inside)
+    return inside
+
+
 def mask_probabilities(kernels: Tensor, features: Tensor) -> Tensor:
     """(n, pixels) mask probabilities: sigmoid of the dynamic 1x1 convolution of the (E, pixels)
     mask features with the (n, E) kernels."""
@@ -214,8 +227,7 @@ def score_masks(
     product's arithmetic), the kept candidates last, and the passes after it over ``pass_rows``
     at a time, read from the cache rather than from memory. ``F.threshold`` keeps p where
     p > mask_thr and gives 0 elsewhere: the values of ``probs * masks.float()`` in one pass,
-    without a float copy of the masks; for mask_thr >= 0 its nonzeros are the mask (a cast to
-    bool is several times faster than a comparison).
+    without a float copy of the masks (``_above``).
 
     The results equal ``mask_probabilities`` followed by the same threshold and sums, bit for
     bit, when the sigmoid computes every element in its vectorized loop: PyTorch's loop takes 32
@@ -248,11 +260,7 @@ def score_masks(
         probs = _product(kernels[order[start:stop]], features, out=buffer)
         for first, last in _even_ranges(start, stop, pass_rows):
             p, m = probs[first - start : last - start].sigmoid_(), masks[first:last]
-            inside = F.threshold(p, mask_thr, 0.0, inplace=start < first_kept)  # kept: p stays
-            if mask_thr >= 0:
-                m.copy_(inside)
-            else:
-                torch.gt(p, mask_thr, out=m)
+            inside = _above(p, mask_thr, m, inplace=start < first_kept)  # kept: p stays
             torch.sum(inside, 1, out=sums[first:last])
             areas[first:last].copy_(m.view(torch.uint8).sum(1, dtype=torch.int32))  # exact counts
     return ScoredMasks(masks, row_of, areas[row_of], sums[row_of], buffer[: n - first_kept])
@@ -314,16 +322,6 @@ def _bands(start: int, stop: int, first: list[int], last: list[int], band: int) 
     """Outputs [start, stop) in runs of at most ``band``: (out_start, out_stop, in_start, in_stop)."""
     runs = [(a, min(a + band, stop)) for a in range(start, stop, band)]
     return [(a, b, first[a], last[b - 1] + 1) for a, b in runs]
-
-
-def _above(values: Tensor, threshold: float, out: Tensor) -> None:
-    """out[...] = values > threshold, overwriting ``values``. For threshold >= 0 this is
-    F.threshold (values above it kept, others 0) and a cast to bool (nonzero: True), several
-    times faster on the CPU than the comparison."""
-    if threshold >= 0:
-        out.copy_(F.threshold(values, threshold, 0.0, inplace=True))
-    else:
-        torch.gt(values, threshold, out=out)
 
 
 def _zeros_bool(shape: tuple[int, ...], device: torch.device, written: int) -> Tensor:
