@@ -8,10 +8,10 @@
 Each image has a textured background and a few shapes (circle, square, triangle, star) in
 random colours and textures, rotated, with sizes spread log-uniformly from 12.5% to 80% of
 the image's short side, so every FPN level's scale range of the ``demo_shapes`` preset gets
-objects. Shapes overlap: later
-ones are drawn over earlier ones, and every annotation is the VISIBLE part of its shape after
-occlusion (a compressed RLE; it may have holes or several pieces). A placement that would
-leave an earlier shape less than ``min_visible`` of its area visible is retried elsewhere.
+objects. Shapes overlap: later ones are drawn over earlier ones, and every annotation is the
+VISIBLE part of its shape after occlusion (a compressed RLE; it may have holes or several
+pieces). A placement that would leave an earlier shape less than ``min_visible`` of its area
+visible is retried elsewhere.
 Edges are not anti-aliased, so the masks match the pixels exactly.
 
 Deterministic: image ``i`` of a split depends only on (seed, split, i, size, options).

@@ -14,11 +14,11 @@ the release that way): labels, scores and their order are bit-identical in the t
 ``benchmarks/compare_postprocess.py`` (1 and 2 threads; see ``score_masks`` for the last bit of
 a sigmoid), except that with fewer than MIN_PRODUCT_ROWS candidates a single product takes
 MKL's path for small products, whose rounding differs in the last bit (here products always
-have at least that many rows: ``_product``). The final masks are not always bit-identical: ``resize_masks`` applies the two
-bilinear resizes as one product of per-axis matrices, equal in exact arithmetic but rounded
-differently, so a pixel can differ where F.interpolate's probability lies within float32
-rounding (about 1e-7) of ``mask_thr``; the tests allow a pixel to differ only where that
-probability is within 1e-5 of it.
+have at least that many rows: ``_product``). The final masks are not always bit-identical:
+``resize_masks`` applies the two bilinear resizes as one product of per-axis matrices, equal
+in exact arithmetic but rounded differently, so a pixel can differ where F.interpolate's
+probability lies within float32 rounding (about 1e-7) of ``mask_thr``; the tests allow a pixel
+to differ only where that probability is within 1e-5 of it.
 """
 
 from __future__ import annotations
@@ -331,10 +331,10 @@ def _zeros_bool(shape: tuple[int, ...], device: torch.device, written: int) -> T
     writes every byte (for 100 masks of 480x720, 35 MB of page faults and stores, most of it for
     pixels that stay False). Private, not Python's default shared mapping, which a forked process
     (a DataLoader worker) would write through, and whose pages (shared memory) cost about 1.4
-    times as much to fault in (benchmarks/NOTES.md, step 6). Otherwise ``torch.zeros``, whose page faults are
-    taken by all threads at once rather than one window at a time. Not ``np.zeros``: NumPy asks
-    for transparent huge pages, whose faults stalled for up to 180 ms (benchmarks/NOTES.md,
-    step 5)."""
+    times as much to fault in (benchmarks/NOTES.md, step 6). Otherwise ``torch.zeros``, whose
+    page faults are taken by all threads at once rather than one window at a time. Not
+    ``np.zeros``: NumPy asks for transparent huge pages, whose faults stalled for up to 180 ms
+    (benchmarks/NOTES.md, step 5)."""
     size = math.prod(shape)
     mappable = device.type == "cpu" and hasattr(mmap, "MAP_PRIVATE")  # not on Windows
     if not mappable or size < MAPPED_ZEROS_BYTES or 2 * written > size:
