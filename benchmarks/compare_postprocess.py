@@ -132,7 +132,7 @@ def kept_share(call: tuple) -> tuple[int, int]:
     original = ScoredMasks.probabilities
 
     def counting(self: ScoredMasks, index: torch.Tensor, kernels: torch.Tensor, features: torch.Tensor):
-        counts[0] += int((self.row_of[index] >= self.masks.shape[0] - self.kept_probs.shape[0]).sum())
+        counts[0] += int((self.row_of[index] >= self.first_kept_row).sum())
         counts[1] += index.numel()
         return original(self, index, kernels, features)
 

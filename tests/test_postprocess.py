@@ -603,7 +603,7 @@ def test_score_masks_equals_straightforward_form(mask_thr, product_rows, pass_ro
     assert torch.equal(scored.areas, areas)
     assert torch.equal(scored.sums, sums)
     kept = min(product_rows, 37) if with_priority else 0
-    assert scored.kept_probs.shape == (kept, 11 * 64)
+    assert scored.kept_probs.shape == (kept, 11 * 64) and scored.first_kept_row == 37 - kept
     if with_priority:  # the kept rows are the candidates of highest priority
         top = set(priority.topk(kept).indices.tolist())
         assert {int(i) for i in scored.row_of.argsort()[37 - kept :]} == top

@@ -201,11 +201,16 @@ class ScoredMasks:
         """Rows of ``masks`` of the candidates ``index``."""
         return self.row_of[index]
 
+    @property
+    def first_kept_row(self) -> int:
+        """The row of ``masks`` whose probabilities are ``kept_probs[0]``."""
+        return self.masks.shape[0] - self.kept_probs.shape[0]
+
     def probabilities(self, index: Tensor, kernels: Tensor, features: Tensor) -> list[Tensor]:
         """The (pixels,) probabilities of each of the candidates ``index``: rows of
         ``kept_probs`` (views, nothing is copied), recomputed (``mask_probabilities``, equal bit
         for bit) for the candidates not kept."""
-        rows = (self.row_of[index] - (self.masks.shape[0] - self.kept_probs.shape[0])).tolist()
+        rows = (self.row_of[index] - self.first_kept_row).tolist()
         missing = [j for j, r in enumerate(rows) if r < 0]
         recomputed = iter(mask_probabilities(kernels[index[missing]], features) if missing else ())
         return [self.kept_probs[r] if r >= 0 else next(recomputed) for r in rows]
