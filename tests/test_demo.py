@@ -65,7 +65,7 @@ def test_demo_outputs(tiny_demo):
     saved = json.loads((out / "summary.json").read_text())
     assert saved["mask_AP"] == summary.mask_AP and saved["iterations"] == summary.iterations > 0
     text = (out / "summary.txt").read_text()
-    assert f"mask AP {summary.mask_AP:.3f}" in text and str(out / "overlays") in text
+    assert f"mask AP {100 * summary.mask_AP:.1f}%" in text and str(out / "overlays") in text
     # The results are a valid COCO result file for the held-out annotations.
     gt = COCO(str(out / "data" / "val.json"))
     dt = gt.loadRes(summary.files["results"])

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from .common import add_config_arguments, fail, formatter
+
+DEFAULT_OUT = "runs/eval"
 
 EXAMPLES = """examples:
   solov2 eval --config light_448_r18 --weights SOLOv2_LIGHT_448_R18_3x.pth \\
@@ -16,12 +19,17 @@ EXAMPLES = """examples:
   solov2 eval --weights w.pth --config r50_3x --ann val.json --images val/ --device cuda test.score_thr=0.05
   torchrun --nproc_per_node 4 -m solov2 eval --weights w.pth --config light_448_r18 \\
       --ann val.json --images val/ --device cuda       # images split over 4 GPUs, same numbers
+  solov2 eval --results runs/eval/results.json --ann val.json   # score saved predictions again
 
 outputs in --out: results.json (COCO result records: image_id, category_id = the dataset's
 own id, score, bbox [x, y, w, h] of the mask, segmentation as RLE) and metrics.json (mask_AP,
 mask_AP50, mask_AP75, mask_APs/m/l, mask_AR*, the same for box_, per_class, images_per_second,
-failed_images). Metrics are fractions (0..1) as pycocotools computes them; papers print x100.
-Unreadable images are reported one line each and counted as images without detections.
+failed_images, skipped_annotations). metrics.json keeps fractions (0..1) as pycocotools computes
+them; the printed tables show percentages, as papers do. Unreadable images are reported one line
+each and counted as images without detections. Ground truth that cannot be rasterised (empty or
+degenerate polygons, masks outside the image, malformed RLE) is left out as training leaves it
+out, and counted. results.json is written before scoring, so a scoring failure keeps the
+predictions; --results scores them again.
 """
 
 
@@ -31,10 +39,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES, formatter_class=formatter,
     )
     add_config_arguments(parser)
-    parser.add_argument("--weights", required=True, help="checkpoint (any supported format)")
+    parser.add_argument("--weights", help="checkpoint (any supported format)")
+    parser.add_argument("--results", help="score this results.json (written by an earlier eval) instead of "
+                                          "predicting: no --weights, --images or --config needed")
     parser.add_argument("--ann", required=True, help="COCO instances annotation file (JSON)")
-    parser.add_argument("--images", required=True, help="folder the annotation's file_name entries are relative to")
-    parser.add_argument("--out", default="runs/eval", help="output folder (default: %(default)s)")
+    parser.add_argument("--images", help="folder the annotation's file_name entries are relative to")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help="output folder (default: %(default)s; with --results, the results file's folder)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:1 (default: cuda when available; under torchrun each process "
                              "takes its LOCAL_RANK's GPU)")
@@ -55,8 +66,17 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.coco_eval import AnnotationError, format_metrics, format_per_class
     from ..model.solov2 import DeformableConvolutionNotAvailable
 
+    from ..evaluation.scoring import OutputDirError, ScoringError
+
+    if args.results:
+        return _rescore(args)
+    if not args.weights or not args.images:
+        return fail("--weights and --images are needed to evaluate a model (or --results to score saved "
+                    "predictions)")
     if args.batch_size < 1:
         return fail("--batch-size must be at least 1")
+    if args.max_images is not None and args.max_images < 1:
+        return fail("--max-images must be at least 1")
     try:
         ctx = init_distributed(args.device)
     except RuntimeError as err:
@@ -69,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet, batch_size=args.batch_size, max_images=args.max_images,
             distributed=ctx.distributed, precision=args.precision,
         )
-    except (ConfigError, CheckpointError, AnnotationError, CategoryMatchError, ImageReadError,
-            DeformableConvolutionNotAvailable, FileNotFoundError, ValueError) as err:
+    except (ConfigError, CheckpointError, AnnotationError, CategoryMatchError, ImageReadError, OutputDirError,
+            ScoringError, DeformableConvolutionNotAvailable, FileNotFoundError, ValueError) as err:
         return fail(str(err))
     finally:
         cleanup(ctx)
@@ -87,4 +107,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{len(metrics['failed_images'])} images could not be read (counted with no detections); "
               f"see metrics.json", file=sys.stderr)
     print(f"\nresults: {metrics['results_file']}\nmetrics: {metrics['metrics_file']}")
+    return 0
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from ..evaluation.coco_eval import AnnotationError, format_metrics, format_per_class
+    from ..evaluation.scoring import OutputDirError, ScoringError, rescore
+
+    if args.weights or args.images:
+        return fail("--results scores saved predictions: drop --weights and --images")
+    if args.max_images is not None and args.max_images < 1:
+        return fail("--max-images must be at least 1")
+    out = None if args.out == DEFAULT_OUT else args.out
+    try:
+        metrics = rescore(args.ann, args.results, out_dir=out or str(Path(args.results).parent),
+                          max_images=args.max_images, progress=not args.quiet)
+    except (AnnotationError, OutputDirError, ScoringError, ValueError) as err:
+        return fail(str(err))
+    print(f"{metrics['images_total']} images, {metrics['detections']} detections (scored from {args.results})")
+    print()
+    print(format_per_class(metrics["per_class"], skip_empty=not args.all_classes))
+    print()
+    print(format_metrics(metrics))
+    print(f"\nmetrics: {metrics['metrics_file']}")
     return 0

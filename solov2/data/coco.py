@@ -44,6 +44,7 @@ CROWD = "crowd region (iscrowd=1, never a positive)"
 BAD_BOX = "box missing, or narrower or lower than 1 pixel"
 DEGENERATE_POLYGON = "degenerate polygon (fewer than 3 points or no area)"
 EMPTY_MASK = "empty mask"
+OUTSIDE_IMAGE = "mask entirely outside the image"
 MALFORMED_SEGMENTATION = "malformed segmentation"
 NO_INSTANCES = "image without usable instances (left out of training)"
 
@@ -107,6 +108,12 @@ def _polygon_area(poly: list[float]) -> float:
     return 0.5 * abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
 
 
+def _inside(poly: list[float], height: int, width: int) -> bool:
+    """Whether every vertex of a flat [x0, y0, x1, y1, ...] polygon lies within the image."""
+    xs, ys = poly[0::2], poly[1::2]
+    return min(xs) >= 0 and min(ys) >= 0 and max(xs) <= width and max(ys) <= height
+
+
 def _rle_from(segmentation: Any, height: int, width: int) -> dict:
     """One RLE for a polygon list, an uncompressed RLE or a compressed RLE."""
     if isinstance(segmentation, list):
@@ -132,9 +139,12 @@ def check_segmentation(segmentation: Any, height: int, width: int) -> tuple[Any 
                 polygons.append([float(v) for v in poly])
         if not polygons:
             return None, DEGENERATE_POLYGON
-        if sum(_polygon_area(p) for p in polygons) < SMALL_POLYGON_AREA and height > 0 and width > 0:
-            if mask_utils.area(_rle_from(polygons, height, width)) == 0:
-                return None, EMPTY_MASK
+        if height > 0 and width > 0:
+            small = sum(_polygon_area(p) for p in polygons) < SMALL_POLYGON_AREA
+            inside = all(_inside(p, height, width) for p in polygons)
+            # Only polygons that are tiny or cross the border can rasterise to nothing.
+            if (small or not inside) and mask_utils.area(_rle_from(polygons, height, width)) == 0:
+                return None, EMPTY_MASK if inside else OUTSIDE_IMAGE
         return polygons, None
     if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         size = segmentation["size"]

@@ -31,7 +31,8 @@ from ..config import Config, load_config
 from ..data.image_io import read_image
 from ..data.synthetic import ShapesOptions, make_shapes
 from ..evaluation.coco_eval import format_metrics, format_per_class, load_coco
-from .evaluate import evaluate_dataset, write_json_atomic
+from ..atomic import write_json_atomic
+from .evaluate import evaluate_dataset
 from .predictor import PredictionResult, Predictor
 from .trainer import autocast_dtype, train
 
@@ -213,8 +214,9 @@ def summary_text(summary: DemoSummary, metrics: dict[str, Any], overlays: int) -
         "",
         format_metrics(metrics),
         "",
-        f"mask AP {summary.mask_AP:.3f} (AP50 {summary.mask_AP50:.3f}, AP75 {summary.mask_AP75:.3f}); "
-        f"box AP {summary.box_AP:.3f}",
+        f"mask AP {100 * summary.mask_AP:.1f}% (AP50 {100 * summary.mask_AP50:.1f}%, "
+        f"AP75 {100 * summary.mask_AP75:.1f}%); box AP {100 * summary.box_AP:.1f}% "
+        "(metrics.json keeps fractions)",
         f"total time {s['total']:.0f} s (data {s['data']:.0f}, train {s['train']:.0f}, eval {s['eval']:.0f}, "
         f"overlays {s['overlays']:.0f})",
         "",

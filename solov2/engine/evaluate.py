@@ -23,11 +23,11 @@ from pycocotools.coco import COCO
 from torch import nn
 from tqdm import tqdm
 
-from ..atomic import write_json_atomic
+from ..evaluation.scoring import prepare_out_dir, score_records
 from ..config import Config
 from ..data.coco_classes import COCO_CATEGORY_IDS, class_names_and_ids
 from ..data.image_io import ImageReadError, read_image
-from ..evaluation.coco_eval import coco_metrics, load_coco
+from ..evaluation.coco_eval import GroundTruth, coco_metrics, image_id_order, load_coco
 from ..evaluation.results import to_coco_records
 from .predictor import Predictor
 
@@ -186,8 +186,13 @@ def evaluate_dataset(
     Returns ``mask_AP``, ``mask_AP50``, ``mask_AP75``, ``mask_APs/m/l``, ``mask_AR*``, the
     same for ``box_`` (boxes enclosing the masks), ``per_class`` (id, name, gt count, AP),
     ``images``, ``images_per_second``, ``failed_images`` (messages; those images stay in the
-    evaluation with no detections) and, with ``out_dir``, ``results_file`` and
-    ``metrics_file`` (written atomically).
+    evaluation with no detections), ``skipped_annotations`` (ground truth that cannot be
+    rasterised, left out as training leaves it out, by problem kind) and, with ``out_dir``,
+    ``results_file`` and ``metrics_file`` (written atomically).
+
+    ``out_dir`` is checked writable before anything is predicted (``OutputDirError``), and
+    ``results.json`` is written before scoring: when pycocotools fails (``ScoringError``) the
+    predictions are kept and ``solov2 eval --results`` scores them again.
 
     ``distributed``: None uses torch.distributed when a process group of 2+ processes is
     initialized, and then EVERY process must call this function; pass False when only one
@@ -202,12 +207,13 @@ def evaluate_dataset(
     if device is None:
         param = next(net.parameters(), None)
         device = param.device if param is not None else "cpu"
+    out = prepare_out_dir(out_dir) if out_dir is not None and rank == 0 else None
     coco = load_coco(ann_file)
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"{images_dir}: images folder not found")
     mapping, notes = match_categories(cfg, coco.loadCats(coco.getCatIds()))
-    image_ids = sorted(coco.getImgIds())
+    image_ids = sorted(coco.getImgIds(), key=image_id_order)
     if max_images is not None:
         image_ids = image_ids[:max_images]
     if rank == 0 and progress:
@@ -225,34 +231,30 @@ def evaluate_dataset(
 
     metrics: dict[str, Any] | None = None
     if rank == 0:
-        records = [r for s in shards for r in s.records]
-        records.sort(key=lambda r: (r["image_id"], -r["score"]))
-        failures = [f for s in shards for f in s.failures]
-        metrics = coco_metrics(coco, records, image_ids)
-        seconds = max(s.seconds for s in shards)
-        metrics.update(
-            images=sum(s.images for s in shards),
-            images_total=len(image_ids),
-            images_per_second=sum(s.images for s in shards) / seconds if seconds > 0 else 0.0,
-            processes=world,
-            failed_images=failures,
-            detections=len(records),
-            notes=notes,
-        )
-        if out_dir is not None:
-            out = Path(out_dir)
-            metrics["results_file"] = str(out / "results.json")
-            metrics["metrics_file"] = str(out / "metrics.json")
-            write_json_atomic(records, out / "results.json")
-            write_json_atomic(metrics, out / "metrics.json")
-        if failures and progress:
-            print(f"{len(failures)} of {len(image_ids)} images could not be read; they count as images "
-                  "with no detections:", file=sys.stderr)
-            for message in failures:
-                print(f"  {message}", file=sys.stderr)
+        metrics = _score_shards(coco, shards, image_ids, notes, out, progress)
     if distributed:
         holder = [metrics]
         dist.broadcast_object_list(holder, src=0)
         metrics = holder[0]
     assert metrics is not None
+    return metrics
+
+
+def _score_shards(coco: GroundTruth, shards: list[ShardOutput], image_ids: list[Any], notes: list[str],
+                  out: Path | None, progress: bool) -> dict[str, Any]:
+    """Rank 0: the gathered records scored (``score_records``), with the run's counts."""
+    records = [r for s in shards for r in s.records]
+    records.sort(key=lambda r: (image_id_order(r["image_id"]), -r["score"]))
+    failures = [f for s in shards for f in s.failures]
+    seconds = max(s.seconds for s in shards)
+    images = sum(s.images for s in shards)
+    run_info = dict(images=images, images_total=len(image_ids),
+                    images_per_second=images / seconds if seconds > 0 else 0.0,
+                    processes=len(shards), failed_images=failures, notes=notes)
+    metrics = score_records(coco, records, image_ids, out, run_info, progress)
+    if failures and progress:
+        print(f"{len(failures)} of {len(image_ids)} images could not be read; they count as images "
+              "with no detections:", file=sys.stderr)
+        for message in failures:
+            print(f"  {message}", file=sys.stderr)
     return metrics

@@ -6,7 +6,8 @@ and detectron2 do, the segm evaluation drops the records' boxes first, so that t
 small/medium/large split of the detections uses the mask area (with a box present,
 ``COCO.loadRes`` would use the box area instead).
 
-Metrics are fractions (0..1), as pycocotools gives them; papers print them x100.
+Metrics are fractions (0..1), as pycocotools gives them; the printed tables show percentages,
+as papers, detectron2 and mmdetection do.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import copy
 import io
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from ..data.coco import check_segmentation
 
 # Names of COCOeval.stats entries, in order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -32,7 +36,18 @@ class AnnotationError(ValueError):
     """An annotation file that is missing or not COCO instance annotations."""
 
 
-def load_coco(ann_file: str | Path) -> COCO:
+class GroundTruth(COCO):
+    """A pycocotools index over the annotations that can be rasterised.
+
+    ``skipped`` maps a problem kind (``data.coco.check_segmentation``'s, the rule training
+    applies) to the number of annotations left out for it; they are not ground truth here, as
+    they are not training targets.
+    """
+
+    skipped: dict[str, int]
+
+
+def load_coco(ann_file: str | Path) -> GroundTruth:
     """Read a COCO annotation file quietly; raises AnnotationError naming the file."""
     path = Path(ann_file)
     if not path.is_file():
@@ -44,8 +59,24 @@ def load_coco(ann_file: str | Path) -> COCO:
     return coco_from_dict(data, source=str(path))
 
 
-def coco_from_dict(data: Any, source: str = "<annotations>") -> COCO:
-    """A ``COCO`` index over an annotation dict, after checking the keys evaluation needs."""
+def _rasterisable(images: list[dict], annotations: list[dict]) -> tuple[list[dict], Counter]:
+    """The annotations whose segmentation can be rasterised (cleaned), and the others' count by
+    problem kind."""
+    sizes = {img["id"]: (img["height"], img["width"]) for img in images}
+    kept, skipped = [], Counter()
+    for ann in annotations:
+        height, width = (int(v) if isinstance(v, (int, float)) else 0 for v in sizes[ann["image_id"]])
+        segmentation, problem = check_segmentation(ann["segmentation"], height, width)
+        if problem:
+            skipped[problem] += 1
+        else:
+            kept.append({**ann, "segmentation": segmentation})
+    return kept, skipped
+
+
+def coco_from_dict(data: Any, source: str = "<annotations>") -> GroundTruth:
+    """A ``GroundTruth`` index over an annotation dict, after checking the keys evaluation needs;
+    annotations that cannot be rasterised are left out and counted in ``skipped``."""
     if not isinstance(data, dict):
         raise AnnotationError(f"{source}: expected a JSON object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):
@@ -68,8 +99,9 @@ def coco_from_dict(data: Any, source: str = "<annotations>") -> COCO:
                 f"{source}: annotation {ann['id']} refers to unknown category_id {ann['category_id']}"
             )
     data = dict(data)
+    anns, skipped = _rasterisable(data["images"], data["annotations"])
     # COCOeval reads "iscrowd"; annotations without it are ordinary instances.
-    anns = [ann if "iscrowd" in ann else {**ann, "iscrowd": 0} for ann in data["annotations"]]
+    anns = [ann if "iscrowd" in ann else {**ann, "iscrowd": 0} for ann in anns]
     # COCOeval stores the id of the matched ground truth and reads 0 as "unmatched", so an
     # annotation with id 0 could never be found (a true positive would count as a false one);
     # ids that are 0 or repeated are renumbered 1..N, which changes nothing else.
@@ -77,7 +109,8 @@ def coco_from_dict(data: Any, source: str = "<annotations>") -> COCO:
     if 0 in ids or len(set(ids)) != len(ids):
         anns = [{**ann, "id": index + 1} for index, ann in enumerate(anns)]
     data["annotations"] = anns
-    coco = COCO()
+    coco = GroundTruth()
+    coco.skipped = dict(skipped)
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
@@ -94,7 +127,7 @@ def load_results(coco_gt: COCO, records: Sequence[dict[str, Any]], iou_type: str
     known = set(coco_gt.getImgIds())
     unknown = {a["image_id"] for a in anns} - known
     if unknown:
-        raise ValueError(f"results refer to image ids not in the annotations: {sorted(unknown)[:10]}")
+        raise ValueError(f"results refer to image ids not in the annotations: {sorted(unknown, key=image_id_order)[:10]}")
     if anns:
         with contextlib.redirect_stdout(io.StringIO()):
             return coco_gt.loadRes(copy.deepcopy(anns))
@@ -106,12 +139,17 @@ def load_results(coco_gt: COCO, records: Sequence[dict[str, Any]], iou_type: str
     return empty
 
 
+def image_id_order(image_id: int | str) -> tuple[bool, int | str]:
+    """Sort key for COCO image ids, which may be integers or strings (integers first)."""
+    return isinstance(image_id, str), image_id
+
+
 def run_cocoeval(coco_gt: COCO, coco_dt: COCO, iou_type: str,
-                 image_ids: Sequence[int] | None = None) -> tuple[COCOeval, str]:
+                 image_ids: Sequence[int | str] | None = None) -> tuple[COCOeval, str]:
     """Evaluate, accumulate and summarize; returns the COCOeval and its printed summary."""
     evaluator = COCOeval(coco_gt, coco_dt, iou_type)
     if image_ids is not None:
-        evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+        evaluator.params.imgIds = sorted(image_ids, key=image_id_order)
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         evaluator.evaluate()
@@ -141,7 +179,7 @@ def per_class_ap(evaluator: COCOeval) -> dict[int, dict[str, float | None]]:
 
 
 def coco_metrics(coco_gt: COCO, records: Sequence[dict[str, Any]],
-                 image_ids: Sequence[int] | None = None,
+                 image_ids: Sequence[int | str] | None = None,
                  kinds: Sequence[str] = ("mask", "box")) -> dict[str, Any]:
     """Mask and box metrics of ``records`` against ``coco_gt``.
 
@@ -154,7 +192,7 @@ def coco_metrics(coco_gt: COCO, records: Sequence[dict[str, Any]],
     per_class: dict[int, dict[str, Any]] = {}
     cats = coco_gt.loadCats(sorted(coco_gt.getCatIds()))
     if image_ids is not None:
-        wanted = set(int(i) for i in image_ids)
+        wanted = set(image_ids)
         anns = [a for a in coco_gt.dataset["annotations"] if a["image_id"] in wanted]
     else:
         anns = coco_gt.dataset["annotations"]
@@ -181,14 +219,18 @@ def coco_metrics(coco_gt: COCO, records: Sequence[dict[str, Any]],
 
 
 def _fmt(value: float | None) -> str:
-    return "     -" if value is None or math.isnan(value) else f"{value:6.3f}"
+    """A metric as a percentage with one decimal (tables); '-' when undefined (pycocotools: -1)."""
+    if value is None or math.isnan(value) or value < 0:
+        return "     -"
+    return f"{100 * value:6.1f}"
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """The headline numbers as a short table (fractions, 3 decimals; -1 means no such objects)."""
+    """The headline numbers as a short table, in percent as detectron2 and mmdetection print
+    them (the metrics themselves, and metrics.json, keep fractions 0..1); '-': no such objects."""
     lines = []
     names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    lines.append(f"{'':5s} " + " ".join(f"{n:>6s}" for n in names))
+    lines.append(f"{'(%)':5s} " + " ".join(f"{n:>6s}" for n in names))
     for kind in ("mask", "box"):
         if f"{kind}_AP" in metrics:
             lines.append(f"{kind:5s} " + " ".join(_fmt(metrics[f'{kind}_{n}']) for n in names))
@@ -196,7 +238,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def format_per_class(per_class: Sequence[dict[str, Any]], skip_empty: bool = True) -> str:
-    """Per-class table: id, name, ground-truth count, mask AP/AP50, box AP ('-': no ground truth)."""
+    """Per-class table: id, name, ground-truth count, mask AP/AP50, box AP in percent ('-': no
+    ground truth)."""
     width = max([len("class")] + [len(row["name"]) for row in per_class])
     lines = [f"{'id':>4s}  {'class':<{width}s}  {'gt':>5s}  {'mask AP':>7s}  {'AP50':>6s}  {'box AP':>6s}"]
     for row in per_class:

@@ -78,7 +78,7 @@ def to_coco_records(
     for i in range(n):
         record: dict[str, Any] = {}
         if image_id is not None:
-            record["image_id"] = int(image_id)
+            record["image_id"] = image_id if isinstance(image_id, str) else int(image_id)
         if file_name is not None:
             record["file_name"] = str(file_name)
         record.update(
