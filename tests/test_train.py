@@ -242,6 +242,5 @@ def test_adamw_option_and_its_resume_check(tmp_path):
     sgd = load_config("light_448_r18", shapes_config(tmp_path, "train.optimizer=sgd"))
     with pytest.raises(TrainingError, match="trained with train.optimizer=adamw"):
         train(sgd, tmp_path / "run", resume=True, device="cpu", progress=False)
-    wrong = load_config("light_448_r18", shapes_config(tmp_path, "train.optimizer=adam"))
-    with pytest.raises(ConfigError, match="train.optimizer must be one of sgd, adamw, got 'adam'"):
-        train(wrong, tmp_path / "other", device="cpu", progress=False)
+    with pytest.raises(ConfigError, match="'train.optimizer' must be one of 'sgd', 'adamw', got 'adam'"):
+        load_config("light_448_r18", shapes_config(tmp_path, "train.optimizer=adam"))

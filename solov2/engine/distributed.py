@@ -32,11 +32,21 @@ class DistributedContext:
         return self.rank == 0
 
 
-def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """``None`` picks CUDA when available; "cuda" under torchrun means this process's GPU."""
-    if device is None:
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
+    """The torch device for ``device``: "auto" or None picks CUDA when available; "cuda" under
+    torchrun means this process's GPU. Raises ``RuntimeError`` for an unknown name or a CUDA
+    device that PyTorch does not see, saying what is accepted."""
+    if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RuntimeError(f"unknown device {device!r}: use {DEVICE_CHOICES}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"device {device!r} is not supported: use {DEVICE_CHOICES}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' asked for, but PyTorch sees no CUDA device")
