@@ -198,15 +198,6 @@ def test_collate_pads_images_and_masks_to_32(tmp_path):
     assert batch.images[:, :, 70:].abs().sum() == 0 and batch.images[:, :, :, 93:].abs().sum() == 0
 
 
-def test_unreadable_image_is_replaced_with_a_warning(tmp_path):
-    ann, images_dir = write_shapes_dataset(tmp_path, num_images=3)
-    (images_dir / "img_001.png").write_bytes(b"not an image")
-    ds = CocoInstances(ann, images_dir, transform=transform(scales=((128, 96),)))
-    with pytest.warns(UserWarning, match=r"img_001\.png: not a readable image"):
-        sample = ds[(1, 0)]
-    assert sample.image_id == ds.records[2].image_id
-
-
 def test_grouped_sampler_groups_and_splits_across_processes():
     groups = [0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0]
     single = GroupedBatchSampler(groups, batch_size=4, seed=3)

@@ -16,18 +16,22 @@ category ids, e.g. a model's). Masks are decoded with pycocotools (polygons and 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from .augment import TrainSample, TrainTransform, xywh_to_xyxy
 from .image_io import ImageReadError, read_image
+
+logger = logging.getLogger("solov2.data")
 
 MAX_EXAMPLES = 5
 # Polygons with less area than this (in pixels) are rasterised once to check they cover a pixel.
@@ -171,6 +175,20 @@ def check_segmentation(segmentation: Any, height: int, width: int) -> tuple[Any 
     return None, MALFORMED_SEGMENTATION
 
 
+def _likely_cause(report: DatasetReport) -> str:
+    """What most likely left a dataset without usable images, and what to change."""
+    counts = report.counts
+    if counts[MISSING_FILE]:
+        return "check that data.train_images is the folder the file_name entries are relative to"
+    if counts[CROWD] and not report.usable_instances and counts[CROWD] >= counts[NO_INSTANCES]:
+        return "every instance is a crowd region (iscrowd=1); SOLOv2 learns from iscrowd=0 instances"
+    if counts[UNKNOWN_CATEGORY]:
+        return "the annotations' category_id values are not in the file's categories (or the model's classes)"
+    if counts[UNREADABLE_IMAGE]:
+        return "the image files cannot be decoded; check that they are images and not empty"
+    return "no annotation has a usable box and mask; see the problems above"
+
+
 def decode_masks(segmentations: list[Any], height: int, width: int) -> np.ndarray:
     """(n, height, width) uint8 masks from cleaned segmentations."""
     if not segmentations:
@@ -233,10 +251,8 @@ class CocoInstances(Dataset):
         self._read_categories(data["categories"], category_ids)
         self.records = self._read_records(data["images"], data["annotations"])
         if not self.records:
-            raise DatasetError(
-                "no usable training images:\n" + "\n".join(self.report.lines())
-                + "\n(check that data.train_images is the folder the file_name entries are relative to)"
-            )
+            raise DatasetError("no usable training images:\n" + "\n".join(self.report.lines())
+                               + f"\n({_likely_cause(self.report)})")
 
     def _read_categories(self, categories: list[Any], category_ids: list[int] | None) -> None:
         names: dict[int, str] = {}
@@ -305,6 +321,9 @@ class CocoInstances(Dataset):
             if not path.is_file():
                 report.add(MISSING_FILE, str(path))
                 continue
+            if not cv2.haveImageReader(str(path)):  # reads the file's signature only
+                report.add(UNREADABLE_IMAGE, f"{path}: empty or not an image file")
+                continue
             instances = per_image[image_id]
             if not instances:
                 report.add(NO_INSTANCES, f"{entry['file_name']}")
@@ -347,10 +366,9 @@ class CocoInstances(Dataset):
         if (height, width) != (record.height, record.width):
             # The file's size wins; polygons still fit, RLE of another size cannot be used.
             keep = [i for i in keep if not isinstance(record.segmentations[i], dict)]
-            warnings.warn(
-                f"{record.path}: image is {width}x{height} but the annotations say "
-                f"{record.width}x{record.height}; {len(record.segmentations) - len(keep)} RLE masks dropped",
-                stacklevel=2,
+            logger.warning(
+                f"warning: {record.path}: image is {width}x{height} but the annotations say "
+                f"{record.width}x{record.height}; {len(record.segmentations) - len(keep)} RLE masks dropped"
             )
         masks = decode_masks([record.segmentations[i] for i in keep], height, width)
         boxes = xywh_to_xyxy(record.boxes[keep], self.box_convention)
@@ -366,7 +384,7 @@ class CocoInstances(Dataset):
             try:
                 image, masks, boxes, labels = self.load(item)
             except ImageReadError as err:
-                warnings.warn(f"{err}; using another image instead", stacklevel=2)
+                logger.warning(f"warning: {err}; using another image instead")
                 continue
             return self.transform(image, masks, boxes, labels, rng, self.records[item].image_id)
         raise DatasetError(f"{self.ann_file}: none of the images could be read")

@@ -216,9 +216,9 @@ def evaluate_dataset(
     image_ids = sorted(coco.getImgIds(), key=image_id_order)
     if max_images is not None:
         image_ids = image_ids[:max_images]
-    if rank == 0 and progress:
+    if rank == 0:  # mismatched classes change what the numbers mean: said even without progress
         for note in notes:
-            print(f"note: {note}", file=sys.stderr)
+            print(f"warning: {note}", file=sys.stderr)
 
     was_training = net.training
     try:
