@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
+from .common import EXIT_INTERRUPTED, EXIT_OK, fail
 from . import benchmark, convert, demo, evaluate, export, make_shapes, predict, train
 
 COMMANDS = (predict, train, evaluate, demo, make_shapes, convert, export, benchmark)
@@ -34,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or EXIT_OK)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except OSError as err:  # the environment, not the program: a full disk, a vanished folder
+        where = f"{err.filename}: " if err.filename else ""
+        return fail(f"{where}{err.strerror or err}")

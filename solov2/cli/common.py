@@ -1,4 +1,15 @@
-"""Argument helpers shared by several subcommands."""
+"""Argument helpers shared by several subcommands, and the exit codes every command uses.
+
+Exit codes (the same in every command; docs/cli.md lists them):
+
+- ``EXIT_OK`` 0: done.
+- ``EXIT_PARTIAL`` 1: done, but some inputs could not be used (e.g. unreadable images in
+  ``predict``); each was reported on its own ``error:`` line and the summary says how many.
+- ``EXIT_ERROR`` 2: nothing (more) was done: a wrong option, config key or value, a missing
+  or unreadable file, an output that cannot be written; one ``error:`` line says which and
+  what to do. Command-line usage errors from argparse use 2 as well.
+- ``EXIT_INTERRUPTED`` 130: stopped by Ctrl-C or SIGTERM; what was complete is kept.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +34,14 @@ def formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
-def fail(message: str, code: int = 2) -> int:
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> int:
+    """Print one ``error:`` line and return the exit code."""
     print(f"error: {message}", file=sys.stderr)
     return code
 
@@ -32,4 +50,5 @@ def config_or_exit(name: str, overrides: list[str]) -> Config:
     try:
         return load_config(name, overrides)
     except ConfigError as err:
-        raise SystemExit(f"error: {err}") from err
+        fail(str(err))
+        raise SystemExit(EXIT_ERROR) from err

@@ -1,0 +1,35 @@
+"""Every command follows docs/cli.md: a bad input is exit code 2 with one 'error:' line."""
+
+from __future__ import annotations
+
+import pytest
+
+from solov2.cli import main
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as stop:  # argparse and config_or_exit
+        return int(stop.code or 0)
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["train", "--config", "no_such_preset"], "unknown preset 'no_such_preset'"),
+    (["train", "--config", "light_448_r18", "train.log_interval=0"], "'train.log_interval' must be at least 1"),
+    (["eval", "--weights", "{tmp}/w.pth", "--ann", "{tmp}/a.json", "--images", "{tmp}"], "w.pth: weights file not found"),
+    (["eval", "--results", "{tmp}/r.json", "--ann", "{tmp}/a.json"], "a.json"),
+    (["convert", "{tmp}/w.pth", "{tmp}/w.pth"], "OUT must differ from IN"),
+    (["demo", "--threads", "0"], "--threads must be at least 1"),
+    (["benchmark", "--batch", "0"], "--batch"),
+])
+def test_bad_input_is_exit_code_2_with_one_error_line(argv, culprit, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert _run(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and culprit in err[0], err
+
+
+def test_usage_errors_are_exit_code_2(capsys):
+    assert _run(["train", "--no-such-option"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
