@@ -246,9 +246,32 @@ def load_weights(
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: a crash leaves the old file whole."""
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
+    """torch.save to a temporary file beside ``path``, then rename: a crash leaves the old file whole.
+
+    A write that fails (no space left, quota, I/O error) raises ``OSError`` naming ``path`` and
+    the system's reason, rather than torch's zip-writer error that hides it; the previous file
+    at ``path`` is kept and no temporary file is left."""
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as err:
+        cause = _os_error_behind(err)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, f"{cause.strerror}: checkpoint not saved (any previous file there is kept)",
+                      str(path)) from err
+
+
+def _os_error_behind(err: BaseException) -> OSError | None:
+    """The OSError in an exception's chain of causes and contexts, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def make_checkpoint(model: nn.Module, config: dict[str, Any], **extra: Any) -> dict[str, Any]:

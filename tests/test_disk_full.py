@@ -1,0 +1,78 @@
+"""A checkpoint save that runs out of space is one error line, keeps what was saved, and the
+run resumes from the last complete checkpoint (needs root to mount a small tmpfs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from _train_data import TINY_MODEL, read_metrics, write_shapes_dataset
+from solov2.checkpoint import atomic_save
+from solov2.cli import main
+
+
+def _mount_tmpfs(path: Path, size: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted: list[Path] = []
+
+    def make(size: int) -> Path:
+        path = tmp_path / f"disk{len(mounted)}"
+        _mount_tmpfs(path, size)
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def _train(tmp_path: Path, work_dir: Path, *extra: str) -> int:
+    ann, images = write_shapes_dataset(tmp_path / "data", num_images=4, size=(64, 96))
+    return main(["train", "--config", "light_448_r18", *TINY_MODEL, f"data.train_ann={ann}",
+                 f"data.train_images={images}", "data.workers=0", "input.train_scales=[[96, 64]]",
+                 "train.batch_size=2", "train.base_batch_size=2", "train.epochs=3", "train.lr_steps=[2]",
+                 "train.warmup_iters=1", "train.log_interval=1", "train.val_interval=0",
+                 "--device", "cpu", "--no-progress", "--work-dir", str(work_dir), *extra])
+
+
+def test_atomic_save_names_the_file_and_the_reason(small_disk):
+    disk = small_disk(64 * 1024)
+    target = disk / "w.pth"
+    atomic_save({"small": torch.zeros(10)}, target)
+    before = target.read_bytes()
+    with pytest.raises(OSError) as err:
+        atomic_save({"big": torch.zeros(100_000)}, target)
+    assert err.value.filename == str(target) and "No space left on device" in str(err.value)
+    assert target.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["w.pth"]
+
+
+def test_disk_full_during_training_then_resume(tmp_path, small_disk, capsys):
+    probe = tmp_path / "probe"
+    assert _train(tmp_path, probe, "--max-iters", "2") == 0
+    size = (probe / "epoch_1.pth").stat().st_size
+    # Room for epoch_1.pth and latest.pth, not for epoch_2.pth.
+    run = small_disk(int(2.5 * size))
+    capsys.readouterr()
+    assert _train(tmp_path, run) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "epoch_2.pth: No space left on device" in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".pth") == ["epoch_1.pth", "latest.pth"]
+    subprocess.run(["mount", "-o", f"remount,size={20 * size}", str(run)], check=True)
+    assert main(["train", "--resume", str(run), "--device", "cpu", "--no-progress"]) == 0
+    assert [r["iteration"] for r in read_metrics(run)][-1] == 6
+    assert (run / "final.pth").is_file() and (run / "epoch_3.pth").is_file()
