@@ -155,3 +155,15 @@ def test_tables_print_percentages():
     rows = format_per_class([{"category_id": 1, "name": "cat", "num_gt": 3, "mask_AP": 0.375,
                               "mask_AP50": 0.5, "box_AP": None}])
     assert rows.splitlines()[1].split() == ["1", "cat", "3", "37.5", "50.0", "-"]
+
+
+def test_a_second_eval_never_mixes_with_the_first(checkpoint, dataset, tmp_path, capsys):
+    ann, images = dataset
+    out = tmp_path / "runs" / "eval"
+    assert _eval(checkpoint, ann, images, out) == 0
+    first = (out / "results.json").read_bytes()
+    assert _eval(checkpoint, ann, images, out) == 0
+    assert str(tmp_path / "runs" / "eval2" / "results.json") in capsys.readouterr().out
+    assert (out / "results.json").read_bytes() == first
+    assert _eval(checkpoint, ann, images, out, "--exist-ok") == 0
+    assert not (tmp_path / "runs" / "eval3").exists()

@@ -33,3 +33,17 @@ def test_bad_input_is_exit_code_2_with_one_error_line(argv, culprit, tmp_path, c
 def test_usage_errors_are_exit_code_2(capsys):
     assert _run(["train", "--no-such-option"]) == 2
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_run_dir_increments_instead_of_mixing_runs(tmp_path):
+    from solov2.cli.common import run_dir
+
+    out = tmp_path / "predict"
+    assert run_dir(out, exist_ok=False) == out  # new
+    out.mkdir()
+    assert run_dir(out, exist_ok=False) == out  # empty
+    (out / "results.json").write_text("[]")
+    assert run_dir(out, exist_ok=False) == tmp_path / "predict2"
+    (tmp_path / "predict2").mkdir()
+    assert run_dir(out, exist_ok=False) == tmp_path / "predict3"
+    assert run_dir(out, exist_ok=True) == out

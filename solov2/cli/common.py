@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..config import Config, ConfigError, available_presets, load_config
 
@@ -44,6 +45,24 @@ def fail(message: str, code: int = EXIT_ERROR) -> int:
     """Print one ``error:`` line and return the exit code."""
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def run_dir(out: str | Path, exist_ok: bool) -> Path:
+    """The folder a run writes to: ``out`` when it is new or empty, or with ``exist_ok``; else
+    the first free ``out2``, ``out3``, ... so that two runs never mix (ultralytics' rule)."""
+    path = Path(out)
+    if exist_ok or not path.is_dir() or not any(path.iterdir()):
+        return path  # new, empty, or not a folder (which the command then reports)
+    number = 2
+    while (candidate := path.with_name(f"{path.name}{number}")).exists():
+        number += 1
+    return candidate
+
+
+def add_exist_ok(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exist-ok", action="store_true",
+                        help="write into --out even if it holds an earlier run (default: a new folder "
+                             "OUT2, OUT3, ... is used, so that two runs never mix)")
 
 
 def config_or_exit(name: str, overrides: list[str]) -> Config:

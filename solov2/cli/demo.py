@@ -8,16 +8,17 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import fail, formatter
+from .common import add_exist_ok, fail, formatter, run_dir
 
 EXAMPLES = """examples:
   solov2 demo --out runs/demo                   # a few minutes on a 2-core laptop
-  solov2 demo --out runs/demo2 --seed 3 --train 480 --threads 4
+  solov2 demo --out runs/seed3 --seed 3 --train 480 --threads 4
   solov2 demo --out runs/demo-gpu --device cuda train.epochs=24 train.lr_steps=[18,22]
 
 outputs in --out: data/ (the generated dataset), train/ (config, log, final.pth), eval/
 (results.json, metrics.json), overlays/ (ground truth left, prediction right) and
 summary.txt / summary.json. The same seed, options and thread count give the same result.
+When --out holds an earlier run, the demo writes to OUT2 (OUT3, ...) unless --exist-ok.
 """
 
 
@@ -27,12 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES, formatter_class=formatter,
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    add_exist_ok(parser)
     parser.add_argument("--train", type=int, default=None,
                         help="training images; the schedule is the preset's epochs over them "
                              "(default: the preset's demo size)")
     parser.add_argument("--val", type=int, default=50, help="held-out validation images (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:1 (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:1 (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for PyTorch (default: PyTorch's choice, usually the core count)")
     parser.add_argument("--overlays", type=int, default=12, help="validation images to draw (default: %(default)s)")
@@ -56,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if train_images < 8 or args.val < 1:
         return fail("--train needs at least 8 images and --val at least 1")
     start = time.perf_counter()
+    out = run_dir(args.out, args.exist_ok)
     try:
-        summary = run_demo(args.out, train_images=train_images, val_images=args.val, seed=args.seed,
+        summary = run_demo(out, train_images=train_images, val_images=args.val, seed=args.seed,
                            device=args.device, overlays=args.overlays, overrides=args.overrides,
                            progress=not args.quiet)
     except ConfigError as err:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
-from .common import add_config_arguments, fail, formatter
+from .common import add_config_arguments, add_exist_ok, fail, formatter, run_dir
 
 DEFAULT_OUT = "runs/eval"
 
@@ -29,7 +29,8 @@ them; the printed tables show percentages, as papers do. Unreadable images are r
 each and counted as images without detections. Ground truth that cannot be rasterised (empty or
 degenerate polygons, masks outside the image, malformed RLE) is left out as training leaves it
 out, and counted. results.json is written before scoring, so a scoring failure keeps the
-predictions; --results scores them again.
+predictions; --results scores them again. When --out holds an earlier run, eval writes to
+OUT2 (OUT3, ...) unless --exist-ok.
 """
 
 
@@ -46,9 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", help="folder the annotation's file_name entries are relative to")
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help="output folder (default: %(default)s; with --results, the results file's folder)")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda, cuda:1 (default: cuda when available; under torchrun each process "
-                             "takes its LOCAL_RANK's GPU)")
+    add_exist_ok(parser)
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, cuda:1 (default: %(default)s: cuda when available; under torchrun "
+                             "each process takes its LOCAL_RANK's GPU)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="inference precision (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
@@ -81,11 +83,12 @@ def run(args: argparse.Namespace) -> int:
         ctx = init_distributed(args.device)
     except RuntimeError as err:
         return fail(str(err))
+    out = run_dir(args.out, args.exist_ok)
     try:
         predictor = Predictor.from_config(args.config, args.weights, device=ctx.device,
                                           overrides=args.overrides, precision=args.precision)
         metrics = evaluate_dataset(
-            predictor.model, predictor.cfg, args.ann, args.images, out_dir=args.out, device=ctx.device,
+            predictor.model, predictor.cfg, args.ann, args.images, out_dir=out, device=ctx.device,
             progress=not args.quiet, batch_size=args.batch_size, max_images=args.max_images,
             distributed=ctx.distributed, precision=args.precision,
         )
