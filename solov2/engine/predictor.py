@@ -18,6 +18,7 @@ from ..data.image_io import read_image, to_bgr8
 from ..data.transforms import pad_batch, preprocess
 from ..model import Detections, SOLOv2, postprocess
 from ..model.fuse import optimize_for_inference
+from .distributed import resolve_device
 
 ImageInput = str | Path | np.ndarray
 
@@ -36,15 +37,6 @@ class PredictionResult:
         return len(self.scores)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-    return device
-
-
 def resolve_config(
     config: str | Path | Config | None,
     weights: str | Path | None,
@@ -53,15 +45,17 @@ def resolve_config(
     """The config to build and the state dict to load: ``config`` if given, else the one stored
     in a solov2 checkpoint. Returns (config, state_dict or None, description of the weights)."""
     loaded = load_checkpoint(weights) if weights is not None else None
+    stored = loaded.config if loaded is not None else None
     if isinstance(config, Config):
-        cfg = apply_overrides(config, overrides)
+        cfg = apply_overrides(_with_stored_classes(config, stored, overrides), overrides)
     elif config is not None:
-        cfg = load_config(config, overrides)
-    elif loaded is not None and loaded.config is not None:
+        cfg = apply_overrides(_with_stored_classes(load_config(config), stored, overrides), overrides)
+    elif stored is not None:
         try:
-            cfg = apply_overrides(config_from_dict(loaded.config), overrides)
+            saved = config_from_dict(stored)
         except ConfigError as err:
             raise CheckpointError(f"{weights}: stored config is not valid: {err}") from err
+        cfg = apply_overrides(saved, overrides)  # a mistyped override is the user's, named as such
     elif loaded is not None:
         raise ConfigError(
             f"{weights} is a {loaded.format} checkpoint with no stored config: pass --config "
@@ -70,6 +64,21 @@ def resolve_config(
     else:
         raise ConfigError("pass a config (preset name or YAML file), weights, or both")
     return cfg, (loaded.state_dict if loaded else None), str(weights)
+
+
+CLASS_KEYS = ("num_classes", "class_names", "category_ids")
+
+
+def _with_stored_classes(cfg: Config, stored: dict | None, overrides: Sequence[str]) -> Config:
+    """``cfg`` with the classes (``model.num_classes``, ``class_names``, ``category_ids``) that a
+    solov2 checkpoint recorded: a ``--config`` chosen for the architecture must not rename the
+    classes the user trained. Keys given as overrides are left to them."""
+    model = (stored or {}).get("model") or {}
+    overridden = {item.split("=", 1)[0].strip() for item in overrides}
+    for key in CLASS_KEYS:
+        if model.get(key) and f"model.{key}" not in overridden:
+            setattr(cfg.model, key, model[key])
+    return cfg
 
 
 class Predictor:
