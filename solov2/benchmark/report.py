@@ -29,6 +29,17 @@ def _memory(mem: dict[str, Any] | None) -> list[str]:
     return [f"  peak memory ({mem['kind']}) {mem['peak_mib']:.0f} MiB (+{mem['increase_mib']:.0f} MiB)"]
 
 
+def _stage_table(stages: dict[str, dict[str, Any]], per_image: bool) -> list[str]:
+    """A header and one row per stage: ms, (ms/image,) min ms, GFLOP, vs floor, best."""
+    lines = [f"  {'stage':<16}{'ms':>10}" + (f"{'ms/image':>10}" if per_image else "")
+             + f"{'min ms':>10}{'GFLOP':>9}{'vs floor':>10}{'best':>8}"]
+    for name, s in stages.items():
+        lines.append(f"  {name:<16}{s['ms']:>10.1f}" + (f"{s['ms_per_image']:>10.1f}" if per_image else "")
+                     + f"{s['min_ms']:>10.1f}{s['gflops']:>9.2f}"
+                     f"{_ratio(s['ratio_to_floor']):>10}{_ratio(s['best_round_ratio']):>8}")
+    return lines
+
+
 def _header(result: dict[str, Any]) -> list[str]:
     o, m, f = result["options"], result["machine"], result["floor"]
     throughput = f["throughput_gflops_per_s"]
@@ -49,10 +60,7 @@ def _inference(key: str, inf: dict[str, Any]) -> list[str]:
     lines = [f"inference {key.replace('_', ' ')} (original {inf['original_size'][0]}x{inf['original_size'][1]}, "
              f"{load['candidates_above_score_thr']} candidates/image, {load['masks']} masks, "
              f"{load['instances_returned']} returned)",
-             f"  {'stage':<16}{'ms':>10}{'ms/image':>10}{'min ms':>10}{'GFLOP':>9}{'vs floor':>10}{'best':>8}"]
-    for name, s in inf["stages"].items():
-        lines.append(f"  {name:<16}{s['ms']:>10.1f}{s['ms_per_image']:>10.1f}{s['min_ms']:>10.1f}"
-                     f"{s['gflops']:>9.2f}{_ratio(s['ratio_to_floor']):>10}{_ratio(s['best_round_ratio']):>8}")
+             *_stage_table(inf["stages"], per_image=True)]
     lines += [
         f"  latency (preprocess + network + postprocess) {inf['latency_ms']:.1f} ms "
         f"({inf['latency_ms_per_image']:.1f} ms/image); network floor {inf['network_floor_ms']:.1f} ms; "
@@ -66,10 +74,7 @@ def _inference(key: str, inf: dict[str, Any]) -> list[str]:
 def _training(t: dict[str, Any]) -> list[str]:
     lines = [f"training step ({t['images']} images x {t['instances_per_image']} instances, "
              f"{t['positive_pairs']} positive pairs)",
-             f"  {'stage':<16}{'ms':>10}{'min ms':>10}{'GFLOP':>9}{'vs floor':>10}{'best':>8}"]
-    for name, s in t["stages"].items():
-        lines.append(f"  {name:<16}{s['ms']:>10.1f}{s['min_ms']:>10.1f}{s['gflops']:>9.2f}"
-                     f"{_ratio(s['ratio_to_floor']):>10}{_ratio(s['best_round_ratio']):>8}")
+             *_stage_table(t["stages"], per_image=False)]
     lines += [
         f"  step (targets + forward + loss + backward + optimizer) {t['step_ms']:.1f} ms; "
         f"data {t['data_ms_outside_step']:.1f} ms (in loader workers during training)",
