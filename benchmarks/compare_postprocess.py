@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from solov2.config import load_config  # noqa: E402
-from solov2.engine.benchmark import POSTPROCESS_LOADS, crafted_outputs  # noqa: E402
+from solov2.benchmark import POSTPROCESS_LOADS, crafted_outputs  # noqa: E402
 from solov2.model import postprocess as current_postprocess  # noqa: E402
 from solov2.model.postprocess import ScoredMasks  # noqa: E402
 

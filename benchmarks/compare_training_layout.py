@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from solov2.config import load_config  # noqa: E402
 from solov2.data.augment import TrainTransform, collate  # noqa: E402
-from solov2.engine.benchmark import synthetic_training_images  # noqa: E402
+from solov2.benchmark import synthetic_training_images  # noqa: E402
 from solov2.engine.trainer import build_optimizer, scaled_lr  # noqa: E402
 from solov2.model import SOLOv2  # noqa: E402
 from solov2.model.losses import solov2_loss  # noqa: E402

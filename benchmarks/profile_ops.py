@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from solov2.config import load_config  # noqa: E402
-from solov2.engine.benchmark import POSTPROCESS_LOADS, crafted_outputs  # noqa: E402
+from solov2.benchmark import POSTPROCESS_LOADS, crafted_outputs  # noqa: E402
 from solov2.model import SOLOv2  # noqa: E402
 from solov2.model.fuse import optimize_for_inference  # noqa: E402
 from solov2.model.postprocess import postprocess  # noqa: E402

@@ -73,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.benchmark import BenchmarkOptions, format_report, run_benchmark
+    from ..benchmark import BenchmarkOptions, format_report, run_benchmark
 
     if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
         return fail("--batch and --repeats must be at least 1, --warmup at least 0")
