@@ -1,5 +1,6 @@
 """Checkpoint formats: this project's own, the authors' release, mmdetection 2.x/3.x, the
-earlier pure-PyTorch port, and torchvision ImageNet ResNets (REFERENCE.md section 5).
+earlier pure-PyTorch port, and torchvision ImageNet ResNets (docs/design.md, "Checkpoint
+formats").
 
 ``load_checkpoint`` detects the format from the keys and returns a state dict in this
 project's names; ``load_weights`` loads it into a model, strictly by default.

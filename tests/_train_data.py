@@ -1,4 +1,5 @@
-"""Small COCO-format datasets written on the fly for the training tests."""
+"""Small COCO-format datasets written on the fly: synthetic shapes, annotations for the committed
+photographs (tests/data/photos), and subsets of the shared casia set where it is present."""
 
 from __future__ import annotations
 
@@ -10,7 +11,35 @@ import cv2
 import numpy as np
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TEST_DATA = PROJECT_ROOT / "tests" / "data"
+PHOTOS = TEST_DATA / "photos"
+# The larger real annotated set, beside the repository where CI has it (not in a public clone).
 CASIA = PROJECT_ROOT.parent / "shared" / "data" / "casia-spt-val"
+
+# Rough outlines drawn for the tests (not careful ground truth) of objects in the committed
+# photos, as (COCO category id, polygon in pixels): sizes span COCO's small, medium and large.
+PHOTO_OBJECTS: dict[str, list[tuple[int, list[tuple[int, int]]]]] = {
+    "astronaut.jpg": [
+        (1, [(185, 30), (240, 15), (290, 45), (300, 140), (300, 200), (350, 270), (365, 350), (345, 440),
+             (290, 512), (40, 512), (25, 330), (60, 250), (120, 215), (125, 170), (165, 150), (155, 70)]),
+        (5, [(400, 5), (425, 15), (440, 60), (450, 150), (455, 215), (470, 270), (360, 270), (360, 210),
+             (380, 160), (390, 80), (395, 20)]),  # the shuttle model, as "airplane"
+    ],
+    "chelsea.jpg": [
+        (17, [(40, 5), (120, 0), (330, 0), (400, 10), (420, 90), (380, 190), (330, 260), (290, 300),
+              (40, 300), (15, 220), (0, 150), (0, 60)]),
+    ],
+    "coffee.jpg": [
+        (47, [(180, 70), (240, 25), (320, 20), (395, 55), (410, 120), (395, 200), (375, 235), (300, 255),
+              (250, 250), (250, 290), (215, 300), (195, 270), (205, 235), (180, 160)]),
+        (50, [(340, 250), (370, 235), (395, 250), (405, 285), (395, 315), (360, 325), (330, 310), (325, 280)]),
+    ],
+    "rocket.jpg": [
+        (5, [(312, 140), (322, 125), (333, 140), (335, 200), (333, 400), (310, 400), (308, 200)]),
+        (10, [(141, 370), (159, 370), (159, 388), (141, 388)]),  # two flood lights, as "traffic light"
+        (10, [(354, 389), (372, 389), (372, 407), (354, 407)]),
+    ],
+}
 
 # A narrow model so that CPU training steps take a fraction of a second.
 TINY_MODEL = [
@@ -68,6 +97,31 @@ def write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return path
+
+
+def photo_annotations(first_id: int = 1, absolute: bool = False) -> dict[str, Any]:
+    """COCO-format instances of PHOTO_OBJECTS for the committed photos, image ids and annotation
+    ids counting from ``first_id``; file names relative to PHOTOS (absolute paths with
+    ``absolute``). All 80 COCO categories are listed, in descending id order (a loader must not
+    rely on the file's order)."""
+    categories = json.loads((TEST_DATA / "coco_categories.json").read_text())[::-1]
+    images, annotations = [], []
+    for image_id, (name, objects) in enumerate(sorted(PHOTO_OBJECTS.items()), first_id):
+        h, w = cv2.imread(str(PHOTOS / name)).shape[:2]
+        images.append({"id": image_id, "file_name": str(PHOTOS / name) if absolute else name,
+                       "height": h, "width": w})
+        for category_id, points in objects:
+            poly = np.asarray(points, np.float64)
+            x0, y0 = poly.min(0)
+            x1, y1 = poly.max(0)
+            x, y = poly[:, 0], poly[:, 1]
+            area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))  # shoelace
+            annotations.append({
+                "id": first_id + len(annotations), "image_id": image_id, "category_id": category_id,
+                "segmentation": [poly.flatten().tolist()], "area": area,
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "iscrowd": 0,
+            })
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def casia_subset(out: Path, count: int) -> Path:

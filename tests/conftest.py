@@ -1,4 +1,5 @@
-"""Shared fixtures: the real-image folder, randomly filled models, foreign key names."""
+"""Shared fixtures: the committed photographs, the shared casia set (skipped where absent),
+randomly filled models, foreign key names."""
 
 from __future__ import annotations
 
@@ -13,29 +14,33 @@ import torch
 # OpenMP threads make a forward pass 10-50x slower. SOLOV2_TEST_THREADS=N to change.
 torch.set_num_threads(int(os.environ.get("SOLOV2_TEST_THREADS", "1")))
 
-from _train_data import CASIA, PROJECT_ROOT  # noqa: E402  (one definition of the shared paths)
+from _train_data import CASIA, PHOTOS, PHOTO_OBJECTS, TEST_DATA  # noqa: E402  (one definition of the paths)
 
-KEY_LISTS = PROJECT_ROOT.parent / "shared" / "reference"
+
+@pytest.fixture(scope="session")
+def photos() -> list[Path]:
+    """The committed photographs (tests/data/photos, sorted by name): four RGB JPEGs of
+    different sizes, each with outlines in ``_train_data.PHOTO_OBJECTS``."""
+    paths = sorted(PHOTOS.glob("*.jpg"))
+    assert [p.name for p in paths] == sorted(PHOTO_OBJECTS), f"photos missing from {PHOTOS}"
+    return paths
 
 
 @pytest.fixture(scope="session")
 def casia_dir() -> Path:
-    assert CASIA.is_dir(), f"shared data folder missing: {CASIA}"
+    """The larger real annotated set (200 photos, 682 instances) beside the repository; the
+    tests that use it are skipped, with this reason, in a clone without it."""
+    if not CASIA.is_dir():
+        pytest.skip("../shared/data/casia-spt-val not found: casia tests skipped")
     return CASIA
 
 
 @pytest.fixture(scope="session")
-def casia_images(casia_dir: Path) -> list[Path]:
-    """The first three real images of the shared set."""
-    images = sorted((casia_dir / "JPEGImages").glob("*.jpg"))[:3]
-    assert len(images) == 3, f"expected at least 3 .jpg images in {casia_dir / 'JPEGImages'}"
-    return images
-
-
-@pytest.fixture(scope="session")
 def key_lists_dir() -> Path:
-    assert KEY_LISTS.is_dir(), f"shared reference folder missing: {KEY_LISTS}"
-    return KEY_LISTS
+    """tests/data, holding the key names and shapes of the foreign checkpoint formats for
+    light_448_r18 (keys-*.json; origin in tests/data/README.md)."""
+    assert sorted(TEST_DATA.glob("keys-*.json")), f"key lists missing from {TEST_DATA}"
+    return TEST_DATA
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -76,8 +81,9 @@ def random_model():
     return make
 
 
-# Our key names -> the names of the foreign formats (REFERENCE.md section 5), written from the
-# key lists in shared/reference, independently of solov2.checkpoint's rename rules.
+# Our key names -> the names of the foreign formats (docs/design.md, "Checkpoint formats"),
+# written from the key lists in tests/data/keys-*.json, independently of solov2.checkpoint's
+# rename rules.
 _TO_FOREIGN = {
     "official": [
         (r"^fpn\.lateral_convs\.(\d+)\.", r"neck.lateral_convs.\1.conv."),

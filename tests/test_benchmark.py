@@ -61,12 +61,12 @@ def test_crafted_loads_mask_sizes():
         crafted_outputs(cfg, 1, 64, 96, 10, torch.Generator(), "stripes")
 
 
-def test_benchmark_command_writes_all_figures(tmp_path, casia_dir, capsys):
+def test_benchmark_command_writes_all_figures(tmp_path, photos, capsys):
     cfg = load_config("light_448_r18", TINY)
     torch.manual_seed(0)
     weights = tmp_path / "tiny.pth"
     atomic_save(make_checkpoint(SOLOv2(cfg.model), cfg.to_dict()), weights)
-    image = sorted((casia_dir / "JPEGImages").glob("*.jpg"))[0]
+    image = photos[0]
     out = tmp_path / "bench.json"
     code = main(["benchmark", "--config", "light_448_r18", "--size", "64x96", "--batch", "2",
                  "--repeats", "2", "--warmup", "1", "--candidates", "40", "--instances", "4",

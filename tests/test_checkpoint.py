@@ -88,7 +88,7 @@ def save_foreign(state_dict, fmt, path):
 @pytest.mark.parametrize("fmt", sorted(KEY_FILES))
 def test_inverse_mapping_gives_the_reference_key_lists(fmt, source, to_foreign, key_lists_dir):
     """The foreign state dicts built for these tests have exactly the keys and shapes of the
-    real checkpoints (shared/reference/keys-*.json)."""
+    real checkpoints (tests/data/keys-*.json)."""
     model, _, _ = source
     reference = json.loads((key_lists_dir / KEY_FILES[fmt]).read_text())
     ours = {k: list(v.shape) for k, v in to_foreign(model.state_dict(), fmt).items()}

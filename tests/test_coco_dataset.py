@@ -11,7 +11,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from _train_data import write_json, write_shapes_dataset
+from _train_data import photo_annotations, write_json, write_shapes_dataset
 from solov2.config import load_config
 from solov2.data.augment import TrainTransform, collate, resize_masks_nearest, xywh_to_xyxy
 from solov2.data.coco import (
@@ -27,17 +27,20 @@ def transform(scales=((768, 448),), flip_prob=0.5, convention="mmdet2"):
     return TrainTransform([list(s) for s in scales], flip_prob, cfg.input.mean, cfg.input.std, convention)
 
 
-def test_casia_loads_with_labels_in_category_id_order(casia_dir):
-    ds = CocoInstances(casia_dir / "val_annotation.json", casia_dir, transform=transform())
-    assert len(ds) == 200 and ds.report.usable_instances == 682 and not ds.report.counts
+def check_real_dataset(ann: Path, images_dir: Path, num_images: int, num_instances: int) -> None:
+    """The 80 COCO categories become labels in id order; the first image's masks, boxes and
+    labels match its annotations; a sample has the resized shapes."""
+    ds = CocoInstances(ann, images_dir, transform=transform())
+    assert len(ds) == num_images and ds.report.usable_instances == num_instances and not ds.report.counts
     assert len(ds.category_ids) == 80 and ds.category_ids == sorted(ds.category_ids)
     assert ds.class_names[0] == "person" and ds.label_of[90] == 79
-    data = json.loads((casia_dir / "val_annotation.json").read_text())
+    data = json.loads(ann.read_text())
     first = data["images"][0]
     anns = [a for a in data["annotations"] if a["image_id"] == first["id"]]
     record = ds.records[0]
     assert record.labels.tolist() == [ds.label_of[a["category_id"]] for a in anns]
     image, masks, boxes, labels = ds.load(0)
+    assert image.shape == (first["height"], first["width"], 3)
     assert masks.shape == (len(anns), first["height"], first["width"]) and masks.dtype == np.uint8
     for m, box in zip(masks, boxes):  # every mask lies inside its box
         ys, xs = np.nonzero(m)
@@ -45,6 +48,17 @@ def test_casia_loads_with_labels_in_category_id_order(casia_dir):
     sample = ds[(0, 0)]
     h, w = rescale_size(first["height"], first["width"], (768, 448))
     assert sample.image.shape == (3, h, w) and sample.masks.shape == (len(anns), h, w)
+
+
+def test_photos_load_with_labels_in_category_id_order(photos, tmp_path):
+    data = photo_annotations()
+    assert data["categories"][0]["id"] == 90  # listed in descending order: the loader sorts
+    ann = write_json(tmp_path / "photos.json", data)
+    check_real_dataset(ann, photos[0].parent, len(photos), len(data["annotations"]))
+
+
+def test_casia_loads_with_labels_in_category_id_order(casia_dir):
+    check_real_dataset(casia_dir / "val_annotation.json", casia_dir, 200, 682)
 
 
 def bad_dataset(tmp_path: Path) -> Path:

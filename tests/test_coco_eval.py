@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from _train_data import PHOTO_OBJECTS, photo_annotations, write_json
 from solov2.config import load_config
 from solov2.data.synthetic import ShapesOptions, make_shapes
 from solov2.engine.evaluate import CategoryMatchError, match_categories
@@ -87,16 +88,29 @@ def test_ground_truth_as_predictions_scores_one(shapes):
     assert all(metrics[f"mask_{n}"] == pytest.approx(1.0) for n in ("APs", "APm", "APl"))
 
 
-def test_ground_truth_of_real_annotations_scores_one(casia_dir):
-    """casia's first annotation has id 0, which COCOeval reads as "unmatched"; the loader
-    renumbers, so the ground truth still scores a mask AP of exactly 1."""
-    ann_file = casia_dir / "val_annotation.json"
+@pytest.fixture
+def photo_ann(tmp_path) -> Path:
+    """Annotations of the committed photos (all 80 COCO categories); ids from 0, as casia's."""
+    return write_json(tmp_path / "photos.json", photo_annotations(first_id=0))
+
+
+def check_ground_truth_scores_one(ann_file: Path, num_instances: int) -> None:
+    """An annotation with id 0 is what COCOeval reads as "unmatched"; the loader renumbers, so
+    the ground truth still scores a mask AP of exactly 1."""
     assert 0 in [a["id"] for a in json.loads(ann_file.read_text())["annotations"]]
     coco = load_coco(ann_file)
     metrics = coco_metrics(coco, records_of(gt_results(coco)), kinds=("mask",))
     assert metrics["mask_AP"] == pytest.approx(1.0)
     assert all(row["mask_AP"] == pytest.approx(1.0) for row in metrics["per_class"] if row["num_gt"])
-    assert sum(row["num_gt"] for row in metrics["per_class"]) == 682
+    assert sum(row["num_gt"] for row in metrics["per_class"]) == num_instances
+
+
+def test_ground_truth_of_photo_annotations_scores_one(photo_ann):
+    check_ground_truth_scores_one(photo_ann, sum(len(v) for v in PHOTO_OBJECTS.values()))
+
+
+def test_ground_truth_of_real_annotations_scores_one(casia_dir):
+    check_ground_truth_scores_one(casia_dir / "val_annotation.json", 682)
 
 
 def _shift(dx: int, dy: int):
@@ -225,8 +239,8 @@ def test_category_ids_are_the_datasets_own(tmp_path):
     assert match_categories(cfg_names, coco.dataset["categories"])[0] == [3, 7, 12]
 
 
-def test_coco_preset_maps_by_coco_ids(casia_dir):
-    coco = load_coco(casia_dir / "val_annotation.json")
+def test_coco_preset_maps_by_coco_ids(photo_ann):
+    coco = load_coco(photo_ann)
     cfg = load_config("light_448_r18")
     mapping, _ = match_categories(cfg, coco.dataset["categories"])
     assert mapping[:3] == [1, 2, 3] and mapping[-1] == 90 and len(mapping) == 80
@@ -235,8 +249,8 @@ def test_coco_preset_maps_by_coco_ids(casia_dir):
     assert match_categories(cfg, renamed)[0] == mapping
 
 
-def test_unmatchable_classes_error(casia_dir):
-    coco = load_coco(casia_dir / "val_annotation.json")
+def test_unmatchable_classes_error(photo_ann):
+    coco = load_coco(photo_ann)
     cfg = load_config("demo_shapes")
     with pytest.raises(CategoryMatchError, match="none of the model's 4 classes"):
         match_categories(cfg, coco.dataset["categories"])

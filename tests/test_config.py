@@ -26,8 +26,9 @@ LIGHT_RANGES = [[1, 56], [28, 112], [56, 224], [112, 448], [224, 896]]
 DCN512_RANGES = [[1, 64], [32, 128], [64, 256], [128, 512], [256, 2048]]
 BIG_RANGES = [[1, 96], [48, 192], [96, 384], [192, 768], [384, 2048]]
 
-# REFERENCE.md section 1: depth, dcn, stacked convs, head channels, E, mask mid, ranges,
-# test scale, train short sides (long side = test long side), epochs, lr steps.
+# The release's configs (WXinlong/SOLO configs/solov2/*.py; docs/design.md, "Architecture"):
+# depth, dcn, stacked convs, head channels, E, mask mid, ranges, test scale, train short sides
+# (long side = test long side), epochs, lr steps.
 TABLE = {
     "light_448_r18": (18, False, 2, 256, 128, 128, LIGHT_RANGES, [768, 448], [512, 480, 448, 416, 384, 352], 36, [27, 33]),
     "light_448_r34": (34, False, 2, 256, 128, 128, LIGHT_RANGES, [768, 448], [512, 480, 448, 416, 384, 352], 36, [27, 33]),

@@ -20,6 +20,7 @@ from solov2.config import load_config
 from solov2.engine.evaluate import evaluate_dataset
 from solov2.model import SOLOv2
 
+from _train_data import PHOTOS, photo_annotations, write_json
 from conftest import randomize_
 
 # A smaller test size keeps the light_448_r18 network quick on a CPU.
@@ -40,28 +41,26 @@ def random_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def casia_subset(casia_dir, tmp_path) -> Path:
-    """6 casia images (absolute file names) plus a corrupt and a missing one."""
-    data = json.loads((casia_dir / "val_annotation.json").read_text())
-    images = sorted(data["images"], key=lambda i: i["id"])[:6]
-    for info in images:
-        info["file_name"] = str(casia_dir / info["file_name"])
+def photo_ann(photos, tmp_path) -> Path:
+    """Annotations of the 4 committed photos (file names relative to their folder)."""
+    return write_json(tmp_path / "photos.json", photo_annotations())
+
+
+@pytest.fixture
+def photo_subset(photos, tmp_path) -> Path:
+    """The 4 committed photos (absolute file names) plus a corrupt and a missing image."""
+    data = photo_annotations(absolute=True)
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 definitely not a jpeg")
     last = max(i["id"] for i in data["images"])
-    images.append({"id": last + 1, "file_name": str(corrupt), "height": 100, "width": 100})
-    images.append({"id": last + 2, "file_name": str(tmp_path / "gone.jpg"), "height": 100, "width": 100})
-    ids = {i["id"] for i in images}
-    data["images"] = images
-    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
-    path = tmp_path / "subset.json"
-    path.write_text(json.dumps(data))
-    return path
+    data["images"].append({"id": last + 1, "file_name": str(corrupt), "height": 100, "width": 100})
+    data["images"].append({"id": last + 2, "file_name": str(tmp_path / "gone.jpg"), "height": 100, "width": 100})
+    return write_json(tmp_path / "subset.json", data)
 
 
-def test_eval_cli_on_real_images(random_checkpoint, casia_subset, tmp_path, capsys):
+def test_eval_cli_on_real_images(random_checkpoint, photo_subset, tmp_path, capsys):
     out = tmp_path / "eval"
-    code = main(["eval", "--weights", str(random_checkpoint), "--ann", str(casia_subset),
+    code = main(["eval", "--weights", str(random_checkpoint), "--ann", str(photo_subset),
                  "--images", str(tmp_path), "--out", str(out), "--device", "cpu", "--quiet"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -70,14 +69,14 @@ def test_eval_cli_on_real_images(random_checkpoint, casia_subset, tmp_path, caps
     assert "gone.jpg: file not found" in captured.err
     assert str(out / "results.json") in captured.out and "images/s" in captured.out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["images"] == 6 and metrics["images_total"] == 8 and len(metrics["failed_images"]) == 2
+    assert metrics["images"] == 4 and metrics["images_total"] == 6 and len(metrics["failed_images"]) == 2
     for key in ("mask_AP", "mask_AP50", "mask_AP75", "mask_APs", "mask_APm", "mask_APl", "box_AP"):
         assert isinstance(metrics[key], float)
     assert metrics["images_per_second"] > 0
     # A valid results file: pycocotools loads it, ids are the dataset's own.
     records = json.loads((out / "results.json").read_text())
     assert len(records) == metrics["detections"] > 0
-    gt = COCO(str(casia_subset))
+    gt = COCO(str(photo_subset))
     dt = gt.loadRes(str(out / "results.json"))
     assert set(dt.getImgIds()) <= set(gt.getImgIds())
     assert {r["category_id"] for r in records} <= set(gt.getCatIds())
@@ -86,20 +85,20 @@ def test_eval_cli_on_real_images(random_checkpoint, casia_subset, tmp_path, caps
         assert gt.cats[r["category_id"]]["name"] == r["category_name"]
 
 
-def test_eval_cli_errors(random_checkpoint, casia_dir, tmp_path, capsys):
-    ann = casia_dir / "val_annotation.json"
+def test_eval_cli_errors(random_checkpoint, photo_ann, tmp_path, capsys):
+    ann = photo_ann
     assert main(["eval", "--weights", str(random_checkpoint), "--ann", str(tmp_path / "nope.json"),
-                 "--images", str(casia_dir), "--out", str(tmp_path / "o")]) == 2
+                 "--images", str(PHOTOS), "--out", str(tmp_path / "o")]) == 2
     assert "nope.json: annotation file not found" in capsys.readouterr().err
     assert main(["eval", "--weights", str(tmp_path / "w.pth"), "--ann", str(ann),
-                 "--images", str(casia_dir), "--out", str(tmp_path / "o")]) == 2
+                 "--images", str(PHOTOS), "--out", str(tmp_path / "o")]) == 2
     assert "w.pth" in capsys.readouterr().err
     assert main(["eval", "--weights", str(random_checkpoint), "--ann", str(ann),
                  "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "nowhere: images folder not found" in capsys.readouterr().err
     # A model whose classes are not the dataset's.
     assert main(["eval", "--config", "demo_shapes", "--weights", str(_shapes_checkpoint(tmp_path)),
-                 "--ann", str(ann), "--images", str(casia_dir), "--out", str(tmp_path / "o")]) == 2
+                 "--ann", str(ann), "--images", str(PHOTOS), "--out", str(tmp_path / "o")]) == 2
     assert "none of the model's 4 classes" in capsys.readouterr().err
 
 
@@ -110,7 +109,7 @@ def _shapes_checkpoint(tmp_path: Path) -> Path:
     return path
 
 
-def test_evaluate_dataset_unwraps_ddp_and_restores_mode(random_checkpoint, casia_dir, tmp_path):
+def test_evaluate_dataset_unwraps_ddp_and_restores_mode(random_checkpoint, photo_ann, tmp_path):
     import torch.distributed as dist
 
     from solov2.checkpoint import load_checkpoint, load_weights
@@ -123,14 +122,13 @@ def test_evaluate_dataset_unwraps_ddp_and_restores_mode(random_checkpoint, casia
     load_weights(model, load_checkpoint(random_checkpoint).state_dict)
     model.train()
     kwargs = dict(progress=False, max_images=3)
-    plain = evaluate_dataset(model, predictor.cfg, casia_dir / "val_annotation.json", casia_dir, **kwargs)
+    plain = evaluate_dataset(model, predictor.cfg, photo_ann, PHOTOS, **kwargs)
     assert model.training  # training mode restored
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
-        via_ddp = evaluate_dataset(wrapped, predictor.cfg, casia_dir / "val_annotation.json", casia_dir,
-                                   out_dir=tmp_path / "ddp", **kwargs)
+        via_ddp = evaluate_dataset(wrapped, predictor.cfg, photo_ann, PHOTOS, out_dir=tmp_path / "ddp", **kwargs)
     finally:
         dist.destroy_process_group()
     assert model.training
@@ -140,9 +138,10 @@ def test_evaluate_dataset_unwraps_ddp_and_restores_mode(random_checkpoint, casia
     assert (tmp_path / "ddp" / "results.json").is_file()
 
 
-def test_torchrun_gives_the_same_numbers(random_checkpoint, casia_dir, tmp_path):
-    args = ["--weights", str(random_checkpoint), "--ann", str(casia_dir / "val_annotation.json"),
-            "--images", str(casia_dir), "--device", "cpu", "--max-images", "5", "--batch-size", "1", "--quiet"]
+def test_torchrun_gives_the_same_numbers(random_checkpoint, photo_ann, tmp_path):
+    # 3 images over 2 processes: one gets two, the other one.
+    args = ["--weights", str(random_checkpoint), "--ann", str(photo_ann),
+            "--images", str(PHOTOS), "--device", "cpu", "--max-images", "3", "--batch-size", "1", "--quiet"]
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     single = subprocess.run([sys.executable, "-m", "solov2", "eval", *args, "--out", str(tmp_path / "one")],
@@ -158,7 +157,7 @@ def test_torchrun_gives_the_same_numbers(random_checkpoint, casia_dir, tmp_path)
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one["processes"] == 1 and two["processes"] == 2
-    assert one["images"] == two["images"] == 5 and one["detections"] > 0
+    assert one["images"] == two["images"] == 3 and one["detections"] > 0
     for key, value in one.items():
         if key.startswith(("mask_", "box_")) or key in ("per_class", "detections"):
             assert two[key] == value, key

@@ -1,5 +1,5 @@
 """ONNX export: ``solov2 export`` writes a self-contained graph with dynamic batch, height
-and width whose outputs match PyTorch's within 1e-4 on real images (casia-spt-val), and
+and width whose outputs match PyTorch's within 1e-4 on real photographs (tests/data), and
 ``OnnxPredictor`` / ``solov2 predict --backend onnxruntime`` give PyTorch's final results."""
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def exported(tmp_path_factory) -> tuple[Path, SOLOv2, object]:
 
 
 @pytest.fixture(scope="module")
-def images(casia_dir) -> list[np.ndarray]:
-    return [read_image(p) for p in sorted((casia_dir / "JPEGImages").glob("*.jpg"))[:3]]
+def images(photos) -> list[np.ndarray]:
+    """Three photographs whose padded input sizes differ."""
+    return [read_image(p) for p in photos[:3]]
 
 
 def test_config_travels_in_the_metadata(exported):
@@ -107,9 +108,9 @@ def test_overrides_and_fixed_model_settings(exported):
         OnnxPredictor(path, overrides=["model.num_classes=3"])
 
 
-def test_predict_command_with_onnxruntime_backend(exported, casia_dir, tmp_path):
+def test_predict_command_with_onnxruntime_backend(exported, photos, tmp_path):
     path, _, _ = exported
-    image = sorted((casia_dir / "JPEGImages").glob("*.jpg"))[0]
+    image = photos[0]
     out = tmp_path / "pred"
     assert main(["predict", str(image), "--backend", "onnxruntime", "--weights", str(path),
                  "--out", str(out), "--quiet", "--no-overlays", "test.max_per_img=5"]) == 0

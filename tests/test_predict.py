@@ -51,9 +51,9 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def test_results_are_at_original_size_and_sorted(predictor, casia_images):
-    image = cv2.imread(str(casia_images[0]))
-    result = predictor(casia_images[0])
+def test_results_are_at_original_size_and_sorted(predictor, photos):
+    image = cv2.imread(str(photos[0]))
+    result = predictor(photos[0])
     assert len(result) > 0
     assert result.masks.shape == (len(result), *image.shape[:2])
     assert result.masks.dtype == bool
@@ -62,9 +62,9 @@ def test_results_are_at_original_size_and_sorted(predictor, casia_images):
     assert set(result.category_ids) <= {1, 6}
 
 
-def test_batched_equals_one_by_one(predictor, casia_images):
-    image = cv2.imread(str(casia_images[0]))
-    inputs = [casia_images[0], image, casia_images[1], np.ascontiguousarray(image[:, ::-1])]
+def test_batched_equals_one_by_one(predictor, photos):
+    image = cv2.imread(str(photos[0]))
+    inputs = [photos[0], image, photos[1], np.ascontiguousarray(image[:, ::-1])]
     batched = predictor(inputs)
     for item, result in zip(inputs, batched):
         single = predictor(item)
@@ -107,12 +107,12 @@ def _write_inputs(folder: Path, source: Path) -> dict[str, Path]:
             "video": video}
 
 
-def test_predict_command_end_to_end(tmp_path, checkpoint, capsys, casia_images):
-    inputs = _write_inputs(tmp_path / "in", casia_images[0])
+def test_predict_command_end_to_end(tmp_path, checkpoint, capsys, photos):
+    inputs = _write_inputs(tmp_path / "in", photos[0])
     out = tmp_path / "out"
     code = main([
         "predict", str(inputs["folder"]), str(inputs["16bit"]), str(inputs["broken"]), str(inputs["video"]),
-        str(casia_images[1]), "--weights", str(checkpoint), "--out", str(out), "--save-masks",
+        str(photos[1]), "--weights", str(checkpoint), "--out", str(out), "--save-masks",
         "--frame-stride", "2", "--quiet", "test.max_per_img=5",
     ])
     captured = capsys.readouterr()
@@ -121,14 +121,14 @@ def test_predict_command_end_to_end(tmp_path, checkpoint, capsys, casia_images):
     assert (out / "album" / "sub" / "a.jpg").is_file()
     assert (out / "album" / "gray.jpg").is_file()
     assert (out / "deep16.jpg").is_file()
-    assert (out / casia_images[1].name).is_file()
+    assert (out / photos[1].name).is_file()
     assert (out / "clip.mp4").is_file()
     capture = cv2.VideoCapture(str(out / "clip.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3  # frames 0, 2, 4
     capture.release()
 
     records = json.loads((out / "results.json").read_text())
-    assert {r["file_name"] for r in records} >= {str(casia_images[1]), str(inputs["video"])}
+    assert {r["file_name"] for r in records} >= {str(photos[1]), str(inputs["video"])}
     assert sorted({r["frame"] for r in records if "frame" in r}) == [0, 2, 4]
     for record in records:
         assert set(record) >= {"file_name", "category_id", "category_name", "score", "bbox", "segmentation"}
@@ -137,8 +137,8 @@ def test_predict_command_end_to_end(tmp_path, checkpoint, capsys, casia_images):
 
     # The RLE in results.json decodes to exactly the masks the Python API reports.
     model, cfg = detecting_model(("test.max_per_img=5",))
-    expected = Predictor(model, cfg)(casia_images[1])
-    mine = [r for r in records if r["file_name"] == str(casia_images[1])]
+    expected = Predictor(model, cfg)(photos[1])
+    mine = [r for r in records if r["file_name"] == str(photos[1])]
     assert len(mine) == len(expected)
     for record, mask, score, name in zip(mine, expected.masks, expected.scores, expected.class_names):
         decoded = mask_utils.decode(record["segmentation"]).astype(bool)
@@ -150,31 +150,31 @@ def test_predict_command_end_to_end(tmp_path, checkpoint, capsys, casia_images):
         assert (x, y, x + w, y + h) == pytest.approx((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
 
 
-def test_predict_missing_weights(tmp_path, capsys, casia_images):
-    code = main(["predict", str(casia_images[0]), "--config", "light_448_r18",
+def test_predict_missing_weights(tmp_path, capsys, photos):
+    code = main(["predict", str(photos[0]), "--config", "light_448_r18",
                  "--weights", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "nope.pth" in capsys.readouterr().err
 
 
-def test_predict_wrong_preset_for_weights(tmp_path, checkpoint, capsys, casia_images):
-    code = main(["predict", str(casia_images[0]), "--config", "r50_1x", "--weights", str(checkpoint),
+def test_predict_wrong_preset_for_weights(tmp_path, checkpoint, capsys, photos):
+    code = main(["predict", str(photos[0]), "--config", "r50_1x", "--weights", str(checkpoint),
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2
     assert "crafted.pth" in err and "do not match" in err
 
 
-def test_predict_foreign_weights_need_config(tmp_path, checkpoint, capsys, casia_images):
+def test_predict_foreign_weights_need_config(tmp_path, checkpoint, capsys, photos):
     bare = tmp_path / "bare.pth"
     torch.save({"state_dict": torch.load(checkpoint)["model"]}, bare)
-    code = main(["predict", str(casia_images[0]), "--weights", str(bare), "--out", str(tmp_path / "o")])
+    code = main(["predict", str(photos[0]), "--weights", str(bare), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "--config" in capsys.readouterr().err
 
 
-def test_predict_dcn_preset_is_a_clear_error(tmp_path, capsys, casia_images):
-    code = main(["predict", str(casia_images[0]), "--config", "r101_dcn_3x", "--out", str(tmp_path / "o")])
+def test_predict_dcn_preset_is_a_clear_error(tmp_path, capsys, photos):
+    code = main(["predict", str(photos[0]), "--config", "r101_dcn_3x", "--out", str(tmp_path / "o")])
     assert code == 2
     assert "deformable convolution" in capsys.readouterr().err
 

@@ -1,4 +1,5 @@
-"""Training targets against a plain per-instance implementation of REFERENCE.md section 4.
+"""Training targets against a plain per-instance implementation (docs/design.md, "Training
+targets and losses").
 
 The reference below follows the authors' ``solov2_target_single`` step by step: a loop over
 levels, instances and cells, centre of mass in float64 numpy, region from float32 box

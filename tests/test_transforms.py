@@ -1,4 +1,5 @@
-"""Preprocessing (REFERENCE.md section 2): keep-ratio resize size, normalization, padding."""
+"""Preprocessing (docs/design.md, "Forward pass"): keep-ratio resize size, normalization,
+padding."""
 
 from __future__ import annotations
 

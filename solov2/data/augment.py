@@ -1,4 +1,5 @@
-"""Training transforms and batching (REFERENCE.md section 2, training side).
+"""Training transforms and batching, as the authors' release (docs/design.md, "Training
+targets and losses").
 
 Per image: resize to one of ``input.train_scales`` chosen at random (keeping the aspect
 ratio; masks nearest-neighbour to the same size), horizontal flip with probability

@@ -1,4 +1,5 @@
-"""SOLOv2 training targets (REFERENCE.md section 4), built for a whole batch at once.
+"""SOLOv2 training targets (docs/design.md, "Training targets and losses"), built for a
+whole batch at once.
 
 For every level and every instance whose box scale falls in the level's range, the cells
 around the centre of mass of the instance's mask (at most 3x3) become positive: they take
