@@ -137,3 +137,15 @@ def casia_subset(out: Path, count: int) -> Path:
 def read_metrics(work_dir: Path, kind: str = "train") -> list[dict]:
     rows = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if r.get("type") == kind]
+
+
+def train_tiny_cli(tmp_path: Path, work_dir: Path, *extra: str) -> int:
+    """``solov2 train`` of a tiny model on 4 shapes images: 2 iterations per epoch, 3 epochs."""
+    from solov2.cli import main
+
+    ann, images = write_shapes_dataset(tmp_path / "data", num_images=4, size=(64, 96))
+    return main(["train", "--config", "light_448_r18", *TINY_MODEL, f"data.train_ann={ann}",
+                 f"data.train_images={images}", "data.workers=0", "input.train_scales=[[96, 64]]",
+                 "train.batch_size=2", "train.base_batch_size=2", "train.epochs=3", "train.lr_steps=[2]",
+                 "train.warmup_iters=1", "train.log_interval=1", "train.val_interval=0",
+                 "--device", "cpu", "--no-progress", "--work-dir", str(work_dir), *extra])

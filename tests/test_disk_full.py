@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _train_data import TINY_MODEL, read_metrics, write_shapes_dataset
+from _train_data import read_metrics, train_tiny_cli
 from solov2.checkpoint import atomic_save
 from solov2.cli import main
 
@@ -40,15 +40,6 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(path)], check=False)
 
 
-def _train(tmp_path: Path, work_dir: Path, *extra: str) -> int:
-    ann, images = write_shapes_dataset(tmp_path / "data", num_images=4, size=(64, 96))
-    return main(["train", "--config", "light_448_r18", *TINY_MODEL, f"data.train_ann={ann}",
-                 f"data.train_images={images}", "data.workers=0", "input.train_scales=[[96, 64]]",
-                 "train.batch_size=2", "train.base_batch_size=2", "train.epochs=3", "train.lr_steps=[2]",
-                 "train.warmup_iters=1", "train.log_interval=1", "train.val_interval=0",
-                 "--device", "cpu", "--no-progress", "--work-dir", str(work_dir), *extra])
-
-
 def test_atomic_save_names_the_file_and_the_reason(small_disk):
     disk = small_disk(64 * 1024)
     target = disk / "w.pth"
@@ -62,12 +53,12 @@ def test_atomic_save_names_the_file_and_the_reason(small_disk):
 
 def test_disk_full_during_training_then_resume(tmp_path, small_disk, capsys):
     probe = tmp_path / "probe"
-    assert _train(tmp_path, probe, "--max-iters", "2") == 0
+    assert train_tiny_cli(tmp_path, probe, "--max-iters", "2") == 0
     size = (probe / "epoch_1.pth").stat().st_size
     # Room for epoch_1.pth and latest.pth, not for epoch_2.pth.
     run = small_disk(int(2.5 * size))
     capsys.readouterr()
-    assert _train(tmp_path, run) == 2
+    assert train_tiny_cli(tmp_path, run) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "epoch_2.pth: No space left on device" in err[-1], err
     assert "Traceback" not in "\n".join(err)

@@ -3,28 +3,18 @@ that contradict it, and an unknown device is one error line."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
-from _train_data import TINY_MODEL, read_metrics, write_shapes_dataset
+from _train_data import read_metrics, train_tiny_cli
 from solov2.cli import main
 from solov2.cli.train import resume_checkpoint
 from solov2.checkpoint import CheckpointError
 
 
-def _train(tmp_path: Path, work_dir: Path, *extra: str) -> int:
-    ann, images = write_shapes_dataset(tmp_path / "data", num_images=4, size=(64, 96))
-    return main(["train", "--config", "light_448_r18", *TINY_MODEL, f"data.train_ann={ann}",
-                 f"data.train_images={images}", "data.workers=0", "input.train_scales=[[96, 64]]",
-                 "train.batch_size=2", "train.base_batch_size=2", "train.epochs=3", "train.lr_steps=[2]",
-                 "train.warmup_iters=1", "train.log_interval=1", "train.val_interval=0",
-                 "--device", "cpu", "--no-progress", "--work-dir", str(work_dir), *extra])
-
-
 def test_resume_takes_the_newest_readable_epoch_when_latest_is_corrupt(tmp_path, capsys):
     run = tmp_path / "run"
-    assert _train(tmp_path, run, "--max-iters", "4") == 0  # 2 iterations per epoch: epochs 1 and 2
+    assert train_tiny_cli(tmp_path, run, "--max-iters", "4") == 0  # 2 iterations per epoch: epochs 1 and 2
     assert (run / "epoch_2.pth").is_file()
     (run / "latest.pth").write_bytes((run / "latest.pth").read_bytes()[:100])  # a half-written file
     assert resume_checkpoint(run)[0] == run / "epoch_2.pth"
