@@ -27,11 +27,11 @@ import cv2
 import numpy as np
 import torch
 
+from ..atomic import write_json_atomic
 from ..config import Config, load_config
 from ..data.image_io import read_image
 from ..data.synthetic import ShapesOptions, make_shapes
 from ..evaluation.coco_eval import format_metrics, format_per_class, load_coco
-from ..atomic import write_json_atomic
 from .evaluate import evaluate_dataset
 from .predictor import PredictionResult, Predictor
 from .trainer import autocast_dtype, train

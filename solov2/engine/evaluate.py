@@ -23,12 +23,12 @@ from pycocotools.coco import COCO
 from torch import nn
 from tqdm import tqdm
 
-from ..evaluation.scoring import prepare_out_dir, score_records
 from ..config import Config
 from ..data.coco_classes import COCO_CATEGORY_IDS, class_names_and_ids
 from ..data.image_io import ImageReadError, read_image
 from ..evaluation.coco_eval import GroundTruth, image_id_order, load_coco
 from ..evaluation.results import to_coco_records
+from ..evaluation.scoring import prepare_out_dir, score_records
 from .predictor import Predictor
 
 
