@@ -194,6 +194,8 @@ class TrainConfig:
     log_interval: int = checked(20, min=1)
     # Stop after this many iterations in all; 0 runs the whole schedule.
     max_iters: int = checked(0, min=0)
+    # epoch_N.pth files kept in the work dir, the newest ones; 0 keeps them all.
+    keep_checkpoints: int = checked(0, min=0)
 
 
 @dataclass

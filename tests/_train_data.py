@@ -140,12 +140,21 @@ def read_metrics(work_dir: Path, kind: str = "train") -> list[dict]:
 
 
 def train_tiny_cli(tmp_path: Path, work_dir: Path, *extra: str) -> int:
-    """``solov2 train`` of a tiny model on 4 shapes images: 2 iterations per epoch, 3 epochs."""
+    """``solov2 train`` of a tiny model on 4 shapes images in ``tmp_path/data`` (written unless
+    there): 2 iterations per epoch, 3 epochs."""
     from solov2.cli import main
 
-    ann, images = write_shapes_dataset(tmp_path / "data", num_images=4, size=(64, 96))
+    ann, images = tiny_shapes(tmp_path)
     return main(["train", "--config", "light_448_r18", *TINY_MODEL, f"data.train_ann={ann}",
                  f"data.train_images={images}", "data.workers=0", "input.train_scales=[[96, 64]]",
                  "train.batch_size=2", "train.base_batch_size=2", "train.epochs=3", "train.lr_steps=[2]",
                  "train.warmup_iters=1", "train.log_interval=1", "train.val_interval=0",
                  "--device", "cpu", "--no-progress", "--work-dir", str(work_dir), *extra])
+
+
+def tiny_shapes(tmp_path: Path) -> tuple[Path, Path]:
+    """The 4-image shapes set of ``train_tiny_cli`` in ``tmp_path/data``, written unless there."""
+    data = tmp_path / "data"
+    if (data / "train.json").is_file():
+        return data / "train.json", data / "images"
+    return write_shapes_dataset(data, num_images=4, size=(64, 96))

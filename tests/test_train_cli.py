@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from _train_data import read_metrics, train_tiny_cli
+from _train_data import read_metrics, tiny_shapes, train_tiny_cli
 from solov2.cli import main
 from solov2.cli.train import resume_checkpoint
-from solov2.checkpoint import CheckpointError
+from solov2.checkpoint import CheckpointError, load_checkpoint
 
 
 def test_resume_takes_the_newest_readable_epoch_when_latest_is_corrupt(tmp_path, capsys):
@@ -52,3 +52,23 @@ def test_resume_refuses_options_it_would_ignore(tmp_path, capsys, extra, culprit
 def test_unknown_device_is_one_error_line(tmp_path, capsys, device, message):
     assert main(["train", "--config", "light_448_r18", "--device", device, "--work-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.splitlines() == [f"error: {message}"]
+
+
+def test_keep_checkpoints_best_checkpoint_and_warnings_in_the_log(tmp_path):
+    ann, images = tiny_shapes(tmp_path)
+    broken = images / "img_001.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # a PNG signature, then nothing: fails when decoded
+    run = tmp_path / "run"
+    assert train_tiny_cli(tmp_path, run, "train.keep_checkpoints=1", f"data.val_ann={ann}",
+                          f"data.val_images={images}", "train.val_interval=1") == 0
+    assert sorted(p.name for p in run.glob("epoch_*.pth")) == ["epoch_3.pth"]
+    val = read_metrics(run, "val")
+    assert [r["epoch"] for r in val] == [1, 2, 3]
+    best_ap = max(r["mask_AP"] for r in val)
+    best = load_checkpoint(run / "best.pth").raw
+    assert best["best_mask_ap"] == best_ap and "optimizer" not in best
+    assert best["epoch"] == next(r["epoch"] for r in val if r["mask_AP"] == best_ap)
+    assert load_checkpoint(run / "latest.pth").raw["best_mask_ap"] == best_ap
+    log = (run / "train.log").read_text()
+    assert "warning: model.num_classes 80 replaced by the 2 categories" in log
+    assert f"warning: {broken}: not a readable image" in log and "using another image instead" in log

@@ -126,10 +126,24 @@ def restore_training_state(
     if scaler is not None and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
     state = TrainState(
-        checkpoint["epoch"], checkpoint["epoch_batch"], checkpoint["iteration"], checkpoint.get("bad_steps", 0)
+        checkpoint["epoch"], checkpoint["epoch_batch"], checkpoint["iteration"], checkpoint.get("bad_steps", 0),
+        checkpoint.get("best_mask_ap", -1.0),
     )
     if checkpoint.get("world_size", world_size) != world_size:
         logger.info(f"note: the checkpoint was written by {checkpoint['world_size']} processes, "
                     f"this run has {world_size}; the batch order within the epoch changes")
     set_rng_state(checkpoint["rng"])
     return state
+
+
+def prune_epoch_checkpoints(work_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest ``epoch_N.pth`` in ``work_dir`` (``keep`` 0: none
+    deleted); returns the deleted files."""
+    if keep <= 0:
+        return []
+    numbered = [(int(p.stem.removeprefix("epoch_")), p) for p in work_dir.glob("epoch_*.pth")
+                if p.stem.removeprefix("epoch_").isdigit()]
+    old = [p for _, p in sorted(numbered)[:-keep]]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old

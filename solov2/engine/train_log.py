@@ -18,6 +18,8 @@ from tqdm import tqdm
 from .train_types import StepResult, TrainState
 
 logger = logging.getLogger("solov2.train")
+# The data loader's one-line warnings (unreadable images, size mismatches) go to the same places.
+LOGGERS = (logger, logging.getLogger("solov2.data"))
 
 
 class _TqdmHandler(logging.Handler):
@@ -35,10 +37,11 @@ class TrainLog:
         self.tensorboard = None
 
     def open(self) -> None:
-        """Send the ``solov2.train`` logger to the console (around the progress bar) and to
-        ``train.log``; open TensorBoard's writer when it is installed."""
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+        """Send the ``solov2.train`` and ``solov2.data`` loggers to the console (around the
+        progress bar) and to ``train.log``; open TensorBoard's writer when it is installed."""
+        for each in LOGGERS:
+            each.setLevel(logging.INFO)
+            each.propagate = False
         if not self.is_main:
             return
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +51,8 @@ class TrainLog:
         logfile.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         self.handlers = [console, logfile]
         for handler in self.handlers:
-            logger.addHandler(handler)
+            for each in LOGGERS:
+                each.addHandler(handler)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
@@ -58,7 +62,8 @@ class TrainLog:
 
     def close(self) -> None:
         for handler in self.handlers:
-            logger.removeHandler(handler)
+            for each in LOGGERS:
+                each.removeHandler(handler)
             handler.close()
         if self.tensorboard is not None:
             self.tensorboard.close()

@@ -58,7 +58,8 @@ def build_dataset(cfg: Config) -> CocoInstances:
 
 def adopt_classes(model_cfg: ModelConfig, dataset: CocoInstances) -> None:
     """Take the class count, dataset category ids and names from ``dataset`` unless
-    ``model_cfg.category_ids`` fixes them (then only missing names). Raises TrainingError when
+    ``model_cfg.category_ids`` fixes them (then only missing names); a different
+    ``num_classes`` is replaced with a warning in the log. Raises TrainingError when
     fixed ids and ``num_classes`` disagree."""
     if model_cfg.category_ids:
         if len(model_cfg.category_ids) != model_cfg.num_classes:
@@ -69,6 +70,9 @@ def adopt_classes(model_cfg: ModelConfig, dataset: CocoInstances) -> None:
         if not model_cfg.class_names:
             model_cfg.class_names = list(dataset.class_names)
     else:
+        if model_cfg.num_classes != len(dataset.category_ids):
+            logger.warning(f"warning: model.num_classes {model_cfg.num_classes} replaced by the "
+                           f"{len(dataset.category_ids)} categories of {dataset.ann_file}")
         model_cfg.num_classes = len(dataset.category_ids)
         model_cfg.category_ids = list(dataset.category_ids)
         model_cfg.class_names = list(dataset.class_names)

@@ -29,6 +29,7 @@ class TrainState:
     epoch_batch: int = 0  # batches of that epoch already done
     iteration: int = 0  # optimizer steps taken (skipped steps included)
     bad_steps: int = 0  # non-finite losses in a row
+    best_mask_ap: float = -1.0  # highest validation mask AP so far (-1: none yet), kept in best.pth
 
 
 class StepResult(NamedTuple):

@@ -37,8 +37,8 @@ from ..config import Config, save_config
 from ..data.augment import TrainBatch
 from ..model.losses import solov2_loss
 from ..model.targets import MASK_STRIDE, build_targets
-from .checkpointing import (ResumePoint, check_new_run, open_resume_point, restore_training_state,
-                            save_training_checkpoint)
+from .checkpointing import (ResumePoint, check_new_run, open_resume_point, prune_epoch_checkpoints,
+                            restore_training_state, save_training_checkpoint)
 from .distributed import DistributedContext, all_reduce_sum, barrier, broadcast_flag, cleanup, init_distributed
 from .train_log import LogWindow, TrainLog
 from .train_setup import (OPTIMIZERS, adopt_classes, autocast_dtype, build_dataset, build_loader, build_model,
@@ -302,8 +302,11 @@ class _Run:
         self.save_checkpoint(epoch_path)
         self.save_checkpoint(self.work_dir / "latest.pth")
         logger.info(f"epoch {state.epoch} done; checkpoint {epoch_path}")
+        if self.ctx.is_main:
+            prune_epoch_checkpoints(self.work_dir, self.cfg.train.keep_checkpoints)
         if interval > 0 and (state.epoch % interval == 0 or state.epoch == self.cfg.train.epochs):
-            self.validate(state.epoch)
+            if self.keep_best(self.validate(state.epoch)):
+                self.save_checkpoint(self.work_dir / "latest.pth")  # resuming must know the new best
             self.last_validated = state.iteration
         if broadcast_flag(self.stop_requested, self.ctx):
             raise _Stop
@@ -347,15 +350,29 @@ class _Run:
             self.log.write({"type": "val", "epoch": epoch, "iteration": self.state.iteration, **scalars})
         return metrics
 
+    def keep_best(self, metrics: dict[str, Any] | None) -> bool:
+        """Save best.pth (weights and config) when ``metrics``' mask AP beats the best so far."""
+        if not metrics or metrics["mask_AP"] <= self.state.best_mask_ap:
+            return False
+        self.state.best_mask_ap = metrics["mask_AP"]
+        best = self.work_dir / "best.pth"
+        self.save_checkpoint(best, resumable=False)
+        if self.ctx.is_main:
+            logger.info(f"best validation mask AP so far ({metrics['mask_AP']:.4f}): {best}")
+        return True
+
     def finish(self) -> Path:
-        """After the last step: latest.pth when stopped inside an epoch, a validation when the
-        last epoch's was not the last step, final.pth (weights and config only)."""
+        """After the last step: a validation when the last epoch's was not the last step (and
+        best.pth if it is the best), latest.pth when stopped inside an epoch, final.pth (weights
+        and config only)."""
         state, cfg = self.state, self.cfg
+        latest = self.work_dir / "latest.pth"
         if state.epoch_batch:  # stopped inside an epoch (max_iters): keep a resumable state
-            self.save_checkpoint(self.work_dir / "latest.pth")
+            self.save_checkpoint(latest)
         ran = state.iteration > self.start_iteration
         if ran and cfg.data.val_ann and cfg.train.val_interval > 0 and self.last_validated != state.iteration:
-            self.validate(state.epoch)  # a run cut short by max_iters
+            if self.keep_best(self.validate(state.epoch)) and state.epoch_batch:  # cut short by max_iters
+                self.save_checkpoint(latest)
         final_path = self.work_dir / "final.pth"
         self.save_checkpoint(final_path, resumable=False)
         logger.info(f"training finished at iteration {state.iteration}; final weights {final_path}")
