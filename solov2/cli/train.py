@@ -34,8 +34,8 @@ examples:
   solov2 train --config light_448_r18 data.train_ann=... data.train_images=... \\
       "input.train_scales=[[512, 320]]" --max-iters 20 --device cpu --work-dir runs/smoke
 
-The work dir receives config.yaml, train.log, metrics.jsonl, epoch_N.pth, latest.pth and
-final.pth; predict with: solov2 predict --weights runs/exp1/final.pth IMAGES
+The work dir receives config.yaml, train.log, metrics.jsonl, epoch_N.pth, latest.pth, best.pth
+(best validation mask AP) and final.pth; predict with: solov2 predict --weights runs/exp1/final.pth IMAGES
 See docs/training.md for preparing a custom dataset.
 """
 
