@@ -85,7 +85,8 @@ class Predictor:
     """Runs SOLOv2 on images: preprocessing, the network and post-processing.
 
     Call it with an image path or an HxW(x3/x4) array (BGR, as OpenCV reads it), or a list of
-    them. Images whose padded sizes agree run as one batch; the results equal one-by-one calls.
+    them. Images whose padded sizes agree run as one batch; labels and masks equal one-by-one calls,
+    scores up to float rounding (relative 1e-5; tests/test_predict.py).
     """
 
     def __init__(self, model: SOLOv2, cfg: Config, device: str | torch.device | None = "cpu",
