@@ -15,7 +15,7 @@ EXAMPLES = """examples:
   solov2 benchmark --config light_448_r18 --compare --compile          # + network variants
   solov2 benchmark --precision bf16 --no-train                          # bf16 autocast (CPU)
   solov2 benchmark --device cuda --precision fp16 --batch 8
-  solov2 benchmark --weights runs/demo/final.pth --config demo_shapes \\
+  solov2 benchmark --weights runs/demo/train/final.pth --config demo_shapes \\
       --agreement-images runs/demo/data/val/*.png                        # bf16/fp16 vs fp32
 
 Every time is the median over --repeats rounds after --warmup. The floor is the network's
