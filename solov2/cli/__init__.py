@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from .. import __version__
-from . import benchmark, convert, demo, evaluate, export, make_shapes, predict, train
+from . import benchmark, convert, demo, evaluate, export, inspect, make_shapes, predict, train
 
-COMMANDS = (predict, train, evaluate, demo, make_shapes, convert, export, benchmark)
+COMMANDS = (predict, train, evaluate, demo, make_shapes, convert, export, benchmark, inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:
