@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..atomic import write_json_atomic
 from ..config import Config
 from ..data.coco import CocoInstances
@@ -94,6 +96,16 @@ def inspect_dataset(cfg: Config, ann_file: str | Path, images_dir: str | Path, o
                     progress: bool = True) -> Inspection:
     """Inspect a COCO-format training set against ``cfg`` (model scale ranges, grids, sigma,
     input scales, schedule) and write the report files (see the module)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small memory-bound tensor operations: faster on one thread
+    try:
+        return _inspect(cfg, ann_file, images_dir, Path(out_dir), read_images, all_scales, plots, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _inspect(cfg: Config, ann_file: str | Path, images_dir: str | Path, out_dir: Path, read_images: bool,
+             all_scales: bool, plots: bool, progress: bool) -> Inspection:
     start = time.perf_counter()
     if plots:
         from .plots import _pyplot
@@ -115,7 +127,6 @@ def inspect_dataset(cfg: Config, ann_file: str | Path, images_dir: str | Path, o
     report["seconds"] = round(time.perf_counter() - start, 2)
     summary = summary_lines(report)
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(report, out_dir / "report.json")
     files = [out_dir / "report.json"]
