@@ -107,6 +107,13 @@ class TrainConfig:
     max_bad_steps: int = 20  # non-finite losses in a row before the run stops
     log_interval: int = 20
     max_iters: int = 0  # stop after this many iterations in all (0: run the whole schedule)
+    health_checks: bool = True  # watch the run (engine/health.py): warnings in train.log and metrics.jsonl
+    health_window: int = 20  # iterations averaged by the loss and positive-count checks
+    health_level_idle_iters: int = 200  # warn when a level gets no positive cell for this many iterations in a row
+    health_patience: int = 200  # iterations after the warm-up (and the first window) before the loss-trend check
+    health_min_mask_drop: float = 0.05  # warn when the mask loss fell by less than this fraction (0..1) of its start
+    health_category_collapse: float = 0.1  # category loss below this fraction of its start: collapsed (0..1)
+    health_min_cells_per_instance: float = 1.0  # warn below this many positive cells per instance (window mean)
 
 
 @dataclass

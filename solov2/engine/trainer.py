@@ -43,6 +43,7 @@ from ..model.losses import solov2_loss
 from ..model.solov2 import SOLOv2
 from ..model.targets import MASK_STRIDE, build_targets
 from .distributed import DistributedContext, all_reduce_sum, barrier, broadcast_flag, cleanup, init_distributed
+from .health import TrainingHealth
 
 logger = logging.getLogger("solov2.train")
 
@@ -570,6 +571,7 @@ def _train_run(
                dynamic_ncols=True, unit="it")
     previous_handlers = run.install_signal_handlers()
     window: list[StepResult] = []
+    health = TrainingHealth(cfg)
     last_validated = -1
     start_iteration = state.iteration
     try:
@@ -606,6 +608,10 @@ def _train_run(
                 else:
                     state.bad_steps = 0
                     window.append(result)
+                    for row in health.update(state.iteration, result.loss_category, result.loss_mask,
+                                             result.num_positive / world, batch.boxes, batch.masks):
+                        logger.info(row["message"])
+                        run.write_metrics(row)
                 bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update(1)
 
@@ -650,6 +656,9 @@ def _train_run(
         if ran and cfg.data.val_ann and cfg.train.val_interval > 0 and last_validated != state.iteration:
             run.validate(model, state.epoch)  # a run cut short by max_iters
         run.save(final_path, module, None, None)
+        row = health.summary(state.iteration)
+        logger.info(row["message"])
+        run.write_metrics(row)
         logger.info(f"training finished at iteration {state.iteration}; final weights {final_path}")
     except _Stop:
         module = _unwrap(model)
