@@ -57,32 +57,28 @@ def _size_findings(report: dict[str, Any], cfg: Config, total: int) -> list[dict
     return out
 
 
+# (report key, share that fires, severity weight, finding, fix) of the grid-assignment findings.
+ASSIGNMENT_RULES = (
+    ("no_positive_cell_in_range", NO_CELL_SHARE, 1.0, "{n} instances in a level's range get no positive cell at "
+     "scale {scale} (their mask vanishes at 1/4 resolution)", "larger input.train_scales"),
+    ("overwritten", OVERWRITTEN_SHARE, 1.0, "{n} instances lose every positive cell to a later instance claiming "
+     "the same cells at scale {scale}: their class is never a target",
+     "finer model.grids, or a smaller model.sigma (fewer cells per instance)"),
+    ("smaller_than_stride", SMALL_MASK_SHARE, 1.0, "{n} masks are smaller than one feature cell of their level "
+     "(stride^2 pixels) at scale {scale}", "larger input.train_scales"),
+    ("centre_outside", CENTRE_OUTSIDE_SHARE, 0.5, "{n} masks have their centre of mass off the object (rings, "
+     "thin or split objects): their positive cells look at background",
+     "a larger model.sigma gives such objects more cells; check the masks if unexpected"),
+)
+
+
 def _assignment_findings(report: dict[str, Any], total: int) -> list[dict[str, Any]]:
     out = []
-    sections = report["assignment"]
-    no_cell = max(sections, key=lambda s: s["no_positive_cell_in_range"])
-    if total and no_cell["no_positive_cell_in_range"] / total >= NO_CELL_SHARE:
-        n = no_cell["no_positive_cell_in_range"]
-        out.append(_finding(n / total, f"{n} instances in a level's range get no positive cell at scale "
-                            f"{no_cell['scale']} (their mask vanishes at 1/4 resolution)",
-                            "larger input.train_scales"))
-    over = max(sections, key=lambda s: s["overwritten"])
-    if total and over["overwritten"] / total >= OVERWRITTEN_SHARE:
-        n = over["overwritten"]
-        out.append(_finding(n / total, f"{n} instances lose every positive cell to a later instance claiming the "
-                            f"same cells at scale {over['scale']}: their class is never a target",
-                            "finer model.grids, or a smaller model.sigma (fewer cells per instance)"))
-    small = max(sections, key=lambda s: s["smaller_than_stride"])
-    if total and small["smaller_than_stride"] / total >= SMALL_MASK_SHARE:
-        n = small["smaller_than_stride"]
-        out.append(_finding(n / total, f"{n} masks are smaller than one feature cell of their level (stride^2 "
-                            f"pixels) at scale {small['scale']}", "larger input.train_scales"))
-    centre = max(sections, key=lambda s: s["centre_outside"])
-    if total and centre["centre_outside"] / total >= CENTRE_OUTSIDE_SHARE:
-        n = centre["centre_outside"]
-        out.append(_finding(0.5 * n / total, f"{n} masks have their centre of mass off the object (rings, thin or "
-                            "split objects): their positive cells look at background",
-                            "a larger model.sigma gives such objects more cells; check the masks if unexpected"))
+    for key, threshold, weight, text, fix in ASSIGNMENT_RULES:
+        worst = max(report["assignment"], key=lambda s: s[key])
+        n = worst[key]
+        if total and n / total >= threshold:
+            out.append(_finding(weight * n / total, text.format(n=n, scale=worst["scale"]), fix))
     return out
 
 
