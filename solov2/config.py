@@ -196,6 +196,20 @@ class TrainConfig:
     max_iters: int = checked(0, min=0)
     # epoch_N.pth files kept in the work dir, the newest ones; 0 keeps them all.
     keep_checkpoints: int = checked(0, min=0)
+    # Watch the run (engine/health.py): one warning line in train.log and metrics.jsonl per problem.
+    health_checks: bool = True
+    # Iterations averaged by the loss and positive-count checks.
+    health_window: int = checked(20, min=1)
+    # Warn when a level gets no positive cell for this many iterations in a row.
+    health_level_idle_iters: int = checked(200, min=1)
+    # Iterations after the warm-up (and the first window) before the loss-trend checks.
+    health_patience: int = checked(200, min=0)
+    # Warn when the mask loss fell by less than this fraction of its start, 0-1.
+    health_min_mask_drop: float = checked(0.05, min=0, max=1)
+    # The category loss counts as collapsed below this fraction of its start, 0-1.
+    health_category_collapse: float = checked(0.1, min=0, max=1)
+    # Warn below this many positive cells per instance (window mean).
+    health_min_cells_per_instance: float = checked(1.0, min=0)
 
 
 @dataclass

@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from .. import __version__
+from . import benchmark, convert, demo, evaluate, export, inspect, make_shapes, predict, train
 from .common import EXIT_INTERRUPTED, EXIT_OK, fail
-from . import benchmark, convert, demo, evaluate, export, make_shapes, predict, train
 
-COMMANDS = (predict, train, evaluate, demo, make_shapes, convert, export, benchmark)
+COMMANDS = (predict, train, evaluate, demo, make_shapes, convert, export, benchmark, inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     failures = problems + summary.failures
     print(f"predicted {summary.images} images and {summary.frames} frames of {summary.videos} videos: "
           f"{summary.instances} instances")
+    if summary.empty:
+        print(summary.empty_line(predictor.cfg.test.score_thr, predictor.cfg.test.update_thr))
     print(f"results: {summary.results_file}")
     if not args.no_overlays:
         print(f"overlays: {summary.out_dir}")

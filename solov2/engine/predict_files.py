@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,30 @@ class PredictSummary:
     videos: int = 0
     instances: int = 0
     failures: list[str] = field(default_factory=list)
+    empty: int = 0  # images and frames without any instance
+    best_empty_score: float = float("nan")  # highest category probability seen on those (nan: unknown)
+
+    def count(self, result: PredictionResult) -> None:
+        """Add one image's or frame's result to the counts."""
+        self.instances += len(result)
+        if len(result) == 0:
+            self.empty += 1
+            if result.best_score == result.best_score and not self.best_empty_score >= result.best_score:
+                self.best_empty_score = result.best_score
+
+    def empty_line(self, score_thr: float, update_thr: float) -> str:
+        """What the empty images were missing ('' when none was empty): the highest category
+        score and the thresholds (``test.score_thr``, ``test.update_thr``) that would let it pass."""
+        if not self.empty:
+            return ""
+        line = f"{self.empty} image(s)/frame(s) got no instance"
+        best = self.best_empty_score
+        if best == best:
+            keep = math.floor(best * 1000) / 1000
+            line += f"; the highest category score on them was {best:.4f} (test.score_thr is {score_thr:g})"
+            line += f": test.score_thr={keep:g}" + (f" test.update_thr={keep:g}" if keep < update_thr else "")
+            line += " would keep candidates there (mask scoring and Matrix NMS lower scores further)"
+        return line
 
 
 def _save_masks(result: PredictionResult, folder: Path, stem: str) -> None:
@@ -97,7 +122,7 @@ def predict_files(
             if save_masks:
                 _save_masks(result, out_dir / "masks" / source.relative.parent, source.relative.stem)
             summary.images += 1
-            summary.instances += len(result)
+            summary.count(result)
             bar.update(1)
 
     for source in videos:
@@ -147,7 +172,7 @@ def _predict_video(predictor: BatchPredictor, source: Source, out_dir: Path, sum
                 if save_masks:
                     _save_masks(result, out_dir / "masks" / source.relative.with_suffix(""),
                                 f"frame{index:06d}")
-                summary.instances += len(result)
+                summary.count(result)
                 frames_seen += 1
                 bar.update(1)
     finally:

@@ -32,9 +32,33 @@ class PredictionResult:
     scores: np.ndarray  # (N,) float32
     class_names: list[str] = field(default_factory=list)  # (N,) name of each instance's class
     category_ids: list[int] = field(default_factory=list)  # (N,) dataset category id of each instance
+    # (N, 4) float32 x1, y1, x2, y2 of each mask, x2/y2 exclusive (results.json's [x, y, w, h]
+    # as corners); computed from the masks when not given.
+    boxes: np.ndarray | None = None
+    # The highest category probability of any grid cell, before test.score_thr (nan: unknown).
+    best_score: float = float("nan")
+
+    def __post_init__(self) -> None:
+        if self.boxes is None:
+            self.boxes = mask_corners(self.masks)
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+def mask_corners(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) float32 x1, y1, x2, y2 enclosing (N, H, W) masks (x2, y2 exclusive, as
+    pycocotools' boxes); zeros for an empty mask."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3 or len(masks) == 0:
+        return np.zeros((0, 4), np.float32)
+    cols, rows = masks.any(axis=1), masks.any(axis=2)  # (N, W), (N, H)
+    x1, y1 = cols.argmax(axis=1), rows.argmax(axis=1)
+    x2 = cols.shape[1] - cols[:, ::-1].argmax(axis=1)
+    y2 = rows.shape[1] - rows[:, ::-1].argmax(axis=1)
+    boxes = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
+    boxes[~cols.any(axis=1)] = 0
+    return boxes
 
 
 def resolve_config(
@@ -161,8 +185,12 @@ class Predictor:
             outputs = self.model(batch)
         outputs = [[t.float() for t in outputs.category_logits], [t.float() for t in outputs.kernels],
                    outputs.mask_features.float()]
-        return postprocess(*outputs, image_sizes, [tuple(s) for s in original_sizes],
-                           self.cfg.model.grids, self.cfg.model.strides, self.cfg.test)
+        detections = postprocess(*outputs, image_sizes, [tuple(s) for s in original_sizes],
+                                 self.cfg.model.grids, self.cfg.model.strides, self.cfg.test)
+        best = torch.stack([t.amax(dim=(1, 2, 3)) for t in outputs[0]], 1).amax(1).sigmoid().tolist()
+        for det, score in zip(detections, best):
+            det.best_score = score  # read by to_result (the highest probability before score_thr)
+        return detections
 
     def to_result(self, det: Detections) -> PredictionResult:
         labels = det.labels.cpu().numpy()
@@ -172,6 +200,7 @@ class Predictor:
             scores=det.scores.float().cpu().numpy(),
             class_names=[self.class_names[i] for i in labels],
             category_ids=[self.category_ids[i] for i in labels],
+            best_score=float(getattr(det, "best_score", float("nan"))),
         )
 
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> PredictionResult | list[PredictionResult]:

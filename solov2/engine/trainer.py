@@ -40,6 +40,7 @@ from ..model.targets import MASK_STRIDE, build_targets
 from .checkpointing import (ResumePoint, check_new_run, open_resume_point, prune_epoch_checkpoints,
                             restore_training_state, save_training_checkpoint)
 from .distributed import DistributedContext, all_reduce_sum, barrier, broadcast_flag, cleanup, init_distributed
+from .health import TrainingHealth
 from .train_log import LogWindow, TrainLog
 from .train_setup import (OPTIMIZERS, adopt_classes, autocast_dtype, build_dataset, build_loader, build_model,
                           build_optimizer, check_optimizer, learning_rate, load_dataset, scaled_lr, total_iterations)
@@ -133,6 +134,7 @@ class _Run:
         self.ctx = ctx
         self.progress = progress and ctx.is_main
         self.observers = list(observers)
+        self.health = TrainingHealth(cfg)
         self.state = TrainState()
         self.log = TrainLog(work_dir, ctx.is_main)
         self.window = LogWindow()
@@ -280,10 +282,20 @@ class _Run:
             )
 
     def after_step(self, result: StepResult) -> None:
-        """The place observers (e.g. a training-health monitor) see each step: once per
-        iteration, after it is counted and logged."""
+        """The training-health checks and the observers see each step: once per iteration,
+        after it is counted and logged."""
+        if not result.skipped:
+            instances = sum(result.instances_per_image) * self.ctx.world_size  # this process's x processes
+            for row in self.health.update(self.state.iteration, result.loss_category, result.loss_mask,
+                                          result.positive_per_level, instances):
+                self._log_health(row)
         for observer in self.observers:
             observer.after_step(self.state, result)
+
+    def _log_health(self, row: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            logger.warning(row["message"])
+            self.log.write(row)
 
     def after_run(self) -> None:
         """Observers' end of the run (finished, interrupted or failed)."""
@@ -375,6 +387,10 @@ class _Run:
                 self.save_checkpoint(latest)
         final_path = self.work_dir / "final.pth"
         self.save_checkpoint(final_path, resumable=False)
+        summary = self.health.summary(state.iteration)
+        if self.ctx.is_main:
+            logger.info(summary["message"])
+            self.log.write(summary)
         logger.info(f"training finished at iteration {state.iteration}; final weights {final_path}")
         return final_path
 

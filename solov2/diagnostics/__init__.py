@@ -1,0 +1,1 @@
+"""Dataset and training diagnostics: ``solov2 inspect`` (inspection.py) and its parts."""
