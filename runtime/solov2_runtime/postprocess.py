@@ -48,6 +48,9 @@ class Instances:
     labels: np.ndarray
     scores: np.ndarray
 
+    def __len__(self) -> int:
+        return len(self.scores)
+
     @staticmethod
     def empty(height: int, width: int) -> "Instances":
         return Instances(np.zeros((0, height, width), bool), np.zeros(0, np.int64), np.zeros(0, np.float32))
