@@ -96,10 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may follow options; collect them wherever they stand.
+    unknown = [item for item in extra if item.startswith("-") or "=" not in item]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     from .runtime import ModelError, Runtime
 
-    overrides = [item for item in args.inputs if "=" in item]
+    overrides = [item for item in args.inputs if "=" in item] + extra
     inputs = [item for item in args.inputs if "=" not in item]
 
     def build() -> Runtime:
