@@ -17,6 +17,7 @@ from .settings import CONFIG_KEY, RuntimeSettings, SettingsError, apply_override
 
 ImageInput = str | Path | np.ndarray
 INPUT_NAME = "images"
+FULL_GRAPH_INPUT = "original_size"  # an input of one-graph models (solov2 export --postprocess)
 
 
 class ModelError(ValueError):
@@ -76,7 +77,8 @@ class Runtime:
     """Runs an ``.onnx`` file written by ``solov2 export``.
 
     Call it with an image path or an HxW(x1/x3/x4) array (BGR, as OpenCV reads it), or a list
-    of them. ``overrides`` ("test.score_thr=0.3", "input.test_scale=[640, 384]") change the
+    of them. Runs both kinds of export: the network (post-processing here, in NumPy) and the
+    one graph of ``solov2 export --postprocess`` (whose thresholds are fixed in the graph). ``overrides`` ("test.score_thr=0.3", "input.test_scale=[640, 384]") change the
     thresholds and input size; ``num_threads`` sets ONNX Runtime's intra-op threads (0: its
     default). Images whose padded sizes agree run as one batch of up to ``batch_size``.
     Raises ModelError for an unusable model file, SettingsError for a bad override.
@@ -86,6 +88,10 @@ class Runtime:
                  providers: Sequence[str] | None = None, num_threads: int = 0):
         self.path = Path(model)
         self.session = open_session(self.path, providers, num_threads)
+        self.full_graph = FULL_GRAPH_INPUT in {i.name for i in self.session.get_inputs()}
+        if self.full_graph and any(item.strip().startswith("test.") for item in overrides):
+            raise SettingsError(f"{self.path}: test.* thresholds are fixed inside a one-graph model "
+                                "(exported with --postprocess); export it again to change them")
         self.settings = apply_overrides(read_settings(self.session, self.path), overrides)
         self.batch_size = batch_size
         self.class_names, self.category_ids = self.settings.class_names, self.settings.category_ids
@@ -99,10 +105,21 @@ class Runtime:
         logits, kernels, features = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})
         return logits, kernels, features
 
+    def run_full_graph(self, batch: np.ndarray, image_size: tuple[int, int],
+                       original_size: tuple[int, int]) -> Instances:
+        """One padded (1, 3, H, W) image through a one-graph model."""
+        masks, labels, scores = self.session.run(None, {
+            INPUT_NAME: np.ascontiguousarray(batch, np.float32),
+            "image_size": np.asarray(image_size, np.int64), FULL_GRAPH_INPUT: np.asarray(original_size, np.int64)})
+        return Instances(masks.astype(bool, copy=False), labels.astype(np.int64), scores.astype(np.float32))
+
     def run_batch(self, arrays: list[np.ndarray], image_sizes: list[tuple[int, int]],
                   original_sizes: list[tuple[int, int]]) -> list[Instances]:
         """Preprocessed (3, h, w) arrays of one padded size -> their instances."""
         s = self.settings
+        if self.full_graph:  # batch 1: one run per image
+            return [self.run_full_graph(pad_arrays([a], s.input.size_divisor), size, original)
+                    for a, size, original in zip(arrays, image_sizes, original_sizes)]
         logits, kernels, features = self.raw_outputs(pad_arrays(arrays, s.input.size_divisor))
         return postprocess(logits, kernels, features, image_sizes, original_sizes, s.grids, s.strides, s.test)
 
