@@ -6,8 +6,9 @@ A whole image is: preprocessing, the network, post-processing. The network runs 
 its post-processing input is replaced by the benchmark's crafted head outputs at a candidate
 load ("blobs": realistic, "noise": the worst case; solov2's benchmark ``crafted_outputs``), the
 same for both sides, so that both post-process the same number of candidates. The "own"
-load post-processes the network's own outputs. Prints per-load medians and the ratio
-runtime / PyTorch (the target is at most 1.05).
+load post-processes the network's own outputs; there the one-graph model (``solov2 export
+--postprocess``, run by the runtime) is timed too. Prints per-load medians and the ratios
+to PyTorch (the runtime's target is at most 1.05).
 
     .venv/bin/python benchmarks/compare_runtime.py --rounds 10
 """
@@ -106,24 +107,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = export_onnx(model, cfg, Path(folder) / "model.onnx")
         runtime = Runtime(path, num_threads=1, providers=["CPUExecutionProvider"])
+        full = export_onnx(model, cfg, Path(folder) / "full.onnx", postprocess=True)
+        one_graph = Runtime(full, num_threads=1, providers=["CPUExecutionProvider"])
     predictor = Predictor(model, cfg)
     image = np.random.default_rng(0).integers(0, 256, (*args.size, 3), dtype=np.uint8)
     print(f"{args.config}, image {args.size[0]}x{args.size[1]}, 1 thread, torch {torch.__version__}, "
           f"onnxruntime {__import__('onnxruntime').__version__}, numpy {np.__version__}")
     for load in args.loads:
         torch_fn, runtime_fn, passing = whole_image_functions(predictor, runtime, image, load, cfg, args.candidates)
-        returned = [len(torch_fn()[0]), len(runtime_fn()[0])]
-        times: dict[str, list[float]] = {"pytorch": [], "runtime": []}
+        contenders = {"pytorch": torch_fn, "runtime": runtime_fn}
+        if load == "own":
+            contenders["one graph"] = lambda: one_graph.predict_batch([image])
+        returned = "/".join(str(len(fn()[0])) for fn in contenders.values())
+        times: dict[str, list[float]] = {name: [] for name in contenders}
         for r in range(args.rounds):
-            order = (("pytorch", torch_fn), ("runtime", runtime_fn))
-            for name, fn in order if r % 2 == 0 else order[::-1]:  # alternate who goes first
+            order = list(contenders.items())
+            for name, fn in order[r % len(order):] + order[: r % len(order)]:  # rotate who goes first
                 times[name].append(timed(fn))
-        t, n = (statistics.median(times[k]) * 1e3 for k in ("pytorch", "runtime"))
-        per_round = statistics.median(b / a for a, b in zip(times["pytorch"], times["runtime"]))
+        base = statistics.median(times["pytorch"]) * 1e3
         what = "the network's own outputs" if load == "own" else f"{passing} candidates ({load})"
-        print(f"{load:6s} {what}, {returned[0]}/{returned[1]} instances: PyTorch {t:.0f} ms, runtime {n:.0f} ms, "
-              f"ratio {n / t:.3f} (median of per-round ratios {per_round:.3f}, {args.rounds} rounds)")
-
+        parts = [f"PyTorch {base:.0f} ms"]
+        for name in list(contenders)[1:]:
+            ms = statistics.median(times[name]) * 1e3
+            per_round = statistics.median(b / a for a, b in zip(times["pytorch"], times[name]))
+            parts.append(f"{name} {ms:.0f} ms, ratio {ms / base:.3f} (median per-round ratio {per_round:.3f})")
+        print(f"{load:6s} {what}, {returned} instances, {args.rounds} rounds: " + "; ".join(parts))
 
 if __name__ == "__main__":
     main()
