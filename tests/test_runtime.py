@@ -21,10 +21,9 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from _train_data import CASIA  # noqa: E402
-from test_onnx import OVERRIDES, real_model  # noqa: E402
+from test_onnx import OVERRIDES, exported  # noqa: E402,F401  (the exported model fixture)
 from test_runtime_postprocess import assert_same_instances  # noqa: E402
 
-from solov2.checkpoint import atomic_save, make_checkpoint  # noqa: E402
 from solov2.cli import main as solov2_main  # noqa: E402
 from solov2.config import available_presets, load_config  # noqa: E402
 from solov2.engine.predictor import Predictor  # noqa: E402
@@ -86,18 +85,6 @@ def test_settings_and_overrides():
                          ("test.max_per_img=many", "expects int"), ("test.nms_kernel=box", "nms_kernel")]:
         with pytest.raises(SettingsError, match=message):
             apply_overrides(settings, [bad])
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[Path, object, object]:
-    model, cfg = real_model()
-    folder = tmp_path_factory.mktemp("runtime")
-    weights = folder / "model.pth"
-    atomic_save(make_checkpoint(model, cfg.to_dict()), weights)
-    out = folder / "model.onnx"
-    assert solov2_main(["export", "--weights", str(weights), "--out", str(out), "--height", "256",
-                        "--width", "320", "--no-check"]) == 0
-    return out, model, cfg
 
 
 @pytest.fixture(scope="module")
