@@ -13,15 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 import yaml
 from pycocotools import mask as mask_utils
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from _train_data import CASIA  # noqa: E402
-from test_onnx import OVERRIDES, exported  # noqa: E402,F401  (the exported model fixture)
+from test_onnx import OVERRIDES, exported, photo_files  # noqa: E402,F401  (fixtures)
 from test_runtime_postprocess import assert_same_instances  # noqa: E402
 
 from solov2.cli import main as solov2_main  # noqa: E402
@@ -85,23 +83,6 @@ def test_settings_and_overrides():
                          ("test.max_per_img=many", "expects int"), ("test.nms_kernel=box", "nms_kernel")]:
         with pytest.raises(SettingsError, match=message):
             apply_overrides(settings, [bad])
-
-
-@pytest.fixture(scope="module")
-def photo_files(tmp_path_factory) -> list[Path]:
-    """Three real photos of ../shared when present, else three synthetic images."""
-    if CASIA.is_dir():
-        return sorted((CASIA / "JPEGImages").glob("*.jpg"))[:3]
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    paths = []
-    for i, (h, w) in enumerate([(375, 500), (480, 360), (300, 640)]):
-        low = rng.integers(0, 256, (h // 20, w // 20, 3), dtype=np.uint8)
-        image = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
-        cv2.rectangle(image, (w // 4, h // 4), (w // 2, h // 2), (20, 200, 40), -1)
-        paths.append(folder / f"synthetic_{i}.png")
-        cv2.imwrite(str(paths[-1]), image)
-    return paths
 
 
 def test_runtime_equals_pytorch_postprocessing_on_the_same_onnx(exported, photo_files):

@@ -18,7 +18,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from test_onnx import OVERRIDES, real_model  # noqa: E402
-from test_runtime import photo_files, torch_free_env  # noqa: E402,F401  (fixture)
+from test_onnx import photo_files  # noqa: E402,F401  (fixture)
+from test_runtime import torch_free_env  # noqa: E402
 from test_runtime_postprocess import assert_same_instances  # noqa: E402
 
 from solov2.checkpoint import atomic_save, make_checkpoint  # noqa: E402
