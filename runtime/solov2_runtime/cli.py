@@ -78,7 +78,9 @@ def run_predict(args: argparse.Namespace, inputs: Sequence[str],
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="solov2-runtime", description="SOLOv2 models exported to "
-                                     "ONNX, run with ONNX Runtime and NumPy (no PyTorch)")
+                                     "ONNX, run with ONNX Runtime and NumPy (no PyTorch)",
+                                     epilog=EXAMPLES.split("\n\n")[0] + "\n\nRun 'solov2-runtime predict "
+                                     "--help' for the options.", formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     predict = commands.add_parser(
         "predict", help="segment images, folders and videos",
