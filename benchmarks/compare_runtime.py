@@ -6,8 +6,10 @@ A whole image is: preprocessing, the network, post-processing. The network runs 
 its post-processing input is replaced by the benchmark's crafted head outputs at a candidate
 load ("blobs": realistic, "noise": the worst case; solov2's benchmark ``crafted_outputs``), the
 same for both sides, so that both post-process the same number of candidates. The "own"
-load post-processes the network's own outputs; there the one-graph model (``solov2 export
---postprocess``, run by the runtime) is timed too. Prints per-load medians and the ratios
+load post-processes the network's own outputs (random weights as initialised: no candidates),
+"model" those of a model whose every weight is random and whose category bias is lowered
+(hundreds of candidates, as tests/test_onnx.py makes it); at these two the one-graph model
+(``solov2 export --postprocess``, run by the runtime) is timed too. Prints per-load medians and the ratios
 to PyTorch (the runtime's target is at most 1.05).
 
     .venv/bin/python benchmarks/compare_runtime.py --rounds 10
@@ -58,7 +60,7 @@ def whole_image_functions(predictor: Predictor, runtime: Runtime, image: np.ndar
     """(torch_fn, runtime_fn, candidates passing) for one image at one load."""
     inp, m = cfg.input, cfg.model
     original = image.shape[:2]
-    if load == "own":
+    if load in ("own", "model"):
         crafted = None
         passing = -1
     else:
@@ -85,6 +87,30 @@ def whole_image_functions(predictor: Predictor, runtime: Runtime, image: np.ndar
     return torch_fn, runtime_fn, passing
 
 
+def crafted_free(load: str) -> bool:
+    return load in ("own", "model")
+
+
+def detecting_model(cfg) -> SOLOv2:
+    """Every weight random (He-scaled convolutions, norms around 1), the category bias lowered
+    by 4.5: hundreds of candidates above the score threshold on any image."""
+    generator = torch.Generator().manual_seed(0)
+    model = SOLOv2(cfg.model).eval()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            if tensor.dim() == 4:
+                fan_in = tensor[0].numel()
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+            elif name.endswith("running_var") or name.endswith(".weight"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            else:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
+        model.head.category_pred.bias.sub_(4.5)
+    return model
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -98,25 +124,30 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=500, help="candidates of the crafted loads")
     parser.add_argument("--size", type=int, nargs=2, default=[480, 720], metavar=("H", "W"),
                         help="original image size (default: 480 720, resized to 448 x 672)")
-    parser.add_argument("--loads", nargs="+", default=["own", "blobs", "noise"])
+    parser.add_argument("--loads", nargs="+", default=["own", "model", "blobs", "noise"],
+                        choices=["own", "model", "blobs", "noise"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(args.config)
     torch.manual_seed(0)
-    model = SOLOv2(cfg.model).eval()
-    with tempfile.TemporaryDirectory() as folder:
-        path = export_onnx(model, cfg, Path(folder) / "model.onnx")
-        runtime = Runtime(path, num_threads=1, providers=["CPUExecutionProvider"])
-        full = export_onnx(model, cfg, Path(folder) / "full.onnx", postprocess=True)
-        one_graph = Runtime(full, num_threads=1, providers=["CPUExecutionProvider"])
-    predictor = Predictor(model, cfg)
     image = np.random.default_rng(0).integers(0, 256, (*args.size, 3), dtype=np.uint8)
     print(f"{args.config}, image {args.size[0]}x{args.size[1]}, 1 thread, torch {torch.__version__}, "
           f"onnxruntime {__import__('onnxruntime').__version__}, numpy {np.__version__}")
+    built: dict[str, tuple] = {}
     for load in args.loads:
+        kind = "model" if load == "model" else "plain"
+        if kind not in built:
+            model = detecting_model(cfg) if kind == "model" else SOLOv2(cfg.model).eval()
+            with tempfile.TemporaryDirectory() as folder:
+                runtime = Runtime(export_onnx(model, cfg, Path(folder) / "model.onnx"), num_threads=1,
+                                  providers=["CPUExecutionProvider"])
+                one_graph = Runtime(export_onnx(model, cfg, Path(folder) / "full.onnx", postprocess=True),
+                                    num_threads=1, providers=["CPUExecutionProvider"])
+            built[kind] = (Predictor(model, cfg), runtime, one_graph)
+        predictor, runtime, one_graph = built[kind]
         torch_fn, runtime_fn, passing = whole_image_functions(predictor, runtime, image, load, cfg, args.candidates)
         contenders = {"pytorch": torch_fn, "runtime": runtime_fn}
-        if load == "own":
+        if crafted_free(load):
             contenders["one graph"] = lambda: one_graph.predict_batch([image])
         returned = "/".join(str(len(fn()[0])) for fn in contenders.values())
         times: dict[str, list[float]] = {name: [] for name in contenders}
@@ -125,7 +156,7 @@ def main() -> None:
             for name, fn in order[r % len(order):] + order[: r % len(order)]:  # rotate who goes first
                 times[name].append(timed(fn))
         base = statistics.median(times["pytorch"]) * 1e3
-        what = "the network's own outputs" if load == "own" else f"{passing} candidates ({load})"
+        what = f"the network's own outputs ({load})" if crafted_free(load) else f"{passing} candidates ({load})"
         parts = [f"PyTorch {base:.0f} ms"]
         for name in list(contenders)[1:]:
             ms = statistics.median(times[name]) * 1e3
