@@ -192,3 +192,26 @@ def test_runtime_command_reports_bad_models_and_options(exported, photo_files, t
     blocked.write_text("x")
     assert runtime_main(["predict", str(path), image, "--out", str(blocked), "--quiet"]) == 2
     assert "cannot write the outputs" in capsys.readouterr().err
+
+
+def test_runtime_package_needs_only_numpy_opencv_and_onnxruntime():
+    import ast
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1] / "runtime"
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "solov2-runtime"
+    assert project["scripts"] == {"solov2-runtime": "solov2_runtime.cli:main"}
+    names = {re.split(r"[<>=!~ \[;]", d)[0] for d in project["dependencies"]}
+    assert names == {"numpy", "opencv-python-headless", "onnxruntime"}
+    allowed = set(sys.stdlib_module_names) | {"numpy", "cv2", "onnxruntime", "solov2_runtime"}
+    for module in (root / "solov2_runtime").glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
+                found = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found = {node.module.split(".")[0]}
+            else:
+                continue
+            assert found <= allowed, (module.name, found - allowed)
