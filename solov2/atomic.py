@@ -1,33 +1,6 @@
-"""Writing files atomically: a crash mid-write leaves the previous file whole."""
+"""Writing files atomically: a crash mid-write leaves the previous file whole
+(``solov2_runtime.atomic``, shared with the PyTorch-free runtime)."""
 
-from __future__ import annotations
+from solov2_runtime.atomic import atomic_open, write_json_atomic
 
-import contextlib
-import json
-import os
-import tempfile
-from pathlib import Path
-from typing import IO, Any, Iterator
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success it is synced and renamed to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    with atomic_open(path, "w") as f:
-        json.dump(obj, f)
+__all__ = ["atomic_open", "write_json_atomic"]

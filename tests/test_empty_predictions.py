@@ -14,7 +14,8 @@ from solov2.checkpoint import atomic_save, make_checkpoint
 from solov2.cli import main
 from solov2.data.sources import collect_sources
 from solov2.engine.predict_files import predict_files
-from solov2.engine.predictor import PredictionResult, mask_corners
+from solov2.engine.predictor import PredictionResult
+from solov2.evaluation.results import xyxy_boxes
 from solov2.evaluation.results import to_coco_records
 from solov2.model import SOLOv2
 
@@ -41,12 +42,12 @@ def image_file(tmp_path_factory):
     return path
 
 
-def test_mask_corners():
+def test_mask_boxes_as_corners():
     masks = np.zeros((3, 6, 8), bool)
     masks[0, 1:3, 2:5] = True
     masks[1, 5, 7] = True
-    np.testing.assert_array_equal(mask_corners(masks), [[2, 1, 5, 3], [7, 5, 8, 6], [0, 0, 0, 0]])
-    assert mask_corners(np.zeros((0, 6, 8), bool)).shape == (0, 4)
+    np.testing.assert_array_equal(xyxy_boxes(masks), [[2, 1, 5, 3], [7, 5, 8, 6], [0, 0, 0, 0]])
+    assert xyxy_boxes(np.zeros((0, 6, 8), bool)).shape == (0, 4)
 
 
 def test_boxes_match_results_json(image_file):

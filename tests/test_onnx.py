@@ -54,9 +54,14 @@ def exported(tmp_path_factory) -> tuple[Path, SOLOv2, object]:
 
 
 @pytest.fixture(scope="module")
-def images(photos) -> list[np.ndarray]:
+def photo_files(photos) -> list[Path]:
     """Three photographs whose padded input sizes differ."""
-    return [read_image(p) for p in photos[:3]]
+    return photos[:3]
+
+
+@pytest.fixture(scope="module")
+def images(photo_files) -> list[np.ndarray]:
+    return [read_image(p) for p in photo_files]
 
 
 def test_config_travels_in_the_metadata(exported):

@@ -11,12 +11,17 @@ from .common import add_config_arguments, fail, formatter
 EXAMPLES = """examples:
   solov2 export --config light_448_r18 --weights SOLOv2_LIGHT_448_R18_3x.pth --out model.onnx
   solov2 export --weights runs/exp1/final.pth --out model.onnx           # own checkpoint: no --config
+  solov2 export --weights runs/exp1/final.pth --out full.onnx --postprocess  # one graph
   solov2 predict img.jpg --backend onnxruntime --weights model.onnx      # run it
+  solov2-runtime predict model.onnx photos/                              # or without PyTorch
 
 The graph takes a normalized, zero-padded batch (N, 3, H, W), H and W multiples of 32, and
 returns category_logits (N, C, cells), kernels (N, E, cells) and mask_features
 (N, E, H/4, W/4); 'solov2 predict --backend onnxruntime' adds the project's pre- and
-post-processing. The config is stored in the file's metadata.
+post-processing. With --postprocess the graph is the whole inference after preprocessing
+(batch 1): images (1, 3, H, W), image_size (2,) and original_size (2,) int64 in; masks
+(N, H0, W0) bool, labels (N,) and scores (N,) out (docs/export.md). The config is stored in
+the file's metadata.
 """
 
 
@@ -31,6 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=448, help="tracing height, a multiple of 32 (default: %(default)s)")
     parser.add_argument("--width", type=int, default=672, help="tracing width, a multiple of 32 (default: %(default)s)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--postprocess", action="store_true",
+                        help="one graph with the post-processing (batch 1; thresholds fixed in it)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip comparing ONNX Runtime's outputs with PyTorch's after export")
     parser.set_defaults(func=run)
@@ -51,11 +58,14 @@ def run(args: argparse.Namespace) -> int:
             print("warning: no --weights: exporting a randomly initialised model")
         else:
             load_weights(model, state_dict, source=source, allow_class_mismatch=False)
-        path = export_onnx(model.eval(), cfg, args.out, args.height, args.width, args.opset)
+        path = export_onnx(model.eval(), cfg, args.out, args.height, args.width, args.opset,
+                           postprocess=args.postprocess)
     except (CheckpointError, ConfigError, ValueError, NotImplementedError) as err:
         return fail(str(err))
     size_mb = path.stat().st_size / 2**20
     print(f"wrote {path} ({size_mb:.1f} MiB, opset {args.opset}, config {cfg.name})")
+    if not args.no_check and args.postprocess:
+        return check_full_graph(model, cfg, path)
     if not args.no_check:
         from ..export.onnx_runtime import OnnxPredictor
 
@@ -67,3 +77,20 @@ def run(args: argparse.Namespace) -> int:
         worst = max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outputs, reference))
         print(f"check: largest difference between ONNX Runtime and PyTorch outputs {worst:.2e}")
     return 0
+
+
+def check_full_graph(model, cfg, path) -> int:
+    """Run the one-graph model and the PyTorch Predictor on one random image; print how they agree."""
+    import numpy as np
+    from solov2_runtime.runtime import Runtime
+
+    from ..engine.predictor import Predictor
+
+    image = np.random.default_rng(0).integers(0, 256, (cfg.input.test_scale[1], cfg.input.test_scale[0], 3),
+                                               dtype=np.uint8)
+    got, expected = Runtime(path)(image), Predictor(model.eval(), cfg)(image)
+    same = np.array_equal(got.labels, expected.labels)
+    worst = float(np.abs(got.scores - expected.scores).max()) if same and len(got) else 0.0
+    print(f"check: {len(got)} instances on a random image (PyTorch: {len(expected)}), labels "
+          f"{'equal' if same else 'DIFFERENT'}, largest score difference {worst:.2e}")
+    return 0 if same else 1

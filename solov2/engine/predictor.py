@@ -16,6 +16,7 @@ from ..config import Config, ConfigError, apply_overrides, config_from_dict, loa
 from ..data.coco_classes import class_names_and_ids
 from ..data.image_io import read_image, to_bgr8
 from ..data.transforms import pad_batch, preprocess
+from ..evaluation.results import xyxy_boxes
 from ..model import Detections, SOLOv2, postprocess
 from ..model.fuse import optimize_for_inference
 from .distributed import resolve_device
@@ -40,25 +41,10 @@ class PredictionResult:
 
     def __post_init__(self) -> None:
         if self.boxes is None:
-            self.boxes = mask_corners(self.masks)
+            self.boxes = xyxy_boxes(self.masks).astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.scores)
-
-
-def mask_corners(masks: np.ndarray) -> np.ndarray:
-    """(N, 4) float32 x1, y1, x2, y2 enclosing (N, H, W) masks (x2, y2 exclusive, as
-    pycocotools' boxes); zeros for an empty mask."""
-    masks = np.asarray(masks, dtype=bool)
-    if masks.ndim != 3 or len(masks) == 0:
-        return np.zeros((0, 4), np.float32)
-    cols, rows = masks.any(axis=1), masks.any(axis=2)  # (N, W), (N, H)
-    x1, y1 = cols.argmax(axis=1), rows.argmax(axis=1)
-    x2 = cols.shape[1] - cols[:, ::-1].argmax(axis=1)
-    y2 = rows.shape[1] - rows[:, ::-1].argmax(axis=1)
-    boxes = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
-    boxes[~cols.any(axis=1)] = 0
-    return boxes
 
 
 def resolve_config(
@@ -157,6 +143,10 @@ class Predictor:
         return read_image(image) if isinstance(image, (str, Path)) else to_bgr8(np.asarray(image))
 
     @torch.inference_mode()
+    def score_thresholds(self) -> tuple[float, float]:
+        """``test.score_thr`` and ``test.update_thr`` in use."""
+        return self.cfg.test.score_thr, self.cfg.test.update_thr
+
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[PredictionResult]:
         """BGR uint8 images -> results; images are grouped by padded size so batching never
         changes what any one image gets."""

@@ -67,11 +67,14 @@ def export_onnx(
     width: int = 672,
     opset: int = DEFAULT_OPSET,
     fold_bn: bool = True,
+    postprocess: bool = False,
 ) -> Path:
     """Write ``model`` (with ``cfg`` in the metadata) to ``out``; returns the path.
 
     ``height`` x ``width`` is only the tracing size (multiples of the size divisor): the
-    exported graph accepts any batch, height and width that are multiples of 32.
+    exported graph accepts any batch, height and width that are multiples of 32. With
+    ``postprocess``, the graph is the whole inference after preprocessing, batch 1
+    (``solov2.export.onnx_postprocess``).
     """
     divisor = cfg.input.size_divisor
     if height % divisor or width % divisor:
@@ -82,31 +85,40 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     network = optimize_for_inference(model.cpu(), fold_bn=fold_bn)
     wrapper = ExportableSOLOv2(network).eval()
-    sample = torch.zeros(1, 3, height, width)
+    inputs: tuple[Tensor, ...] = (torch.zeros(1, 3, height, width),)
+    input_names, output_names = [INPUT_NAME], list(OUTPUT_NAMES)
     dynamic = {
         INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
         "category_logits": {0: "batch"},
         "kernels": {0: "batch"},
         "mask_features": {0: "batch", 2: "feature_height", 3: "feature_width"},
     }
-    with warnings.catch_warnings():
-        # GroupNorm's batch-size check reads a shape as a Python bool; it does not affect the graph.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            wrapper, (sample,), str(out), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic,
-            do_constant_folding=True,
-        )
-    proto = onnx.load(str(out))
-    metadata = {
-        CONFIG_KEY: yaml.safe_dump(cfg.to_dict(), sort_keys=False),
-        FORMAT_KEY: FORMAT_VERSION,
+    description = {
         "input": "images (N, 3, H, W) float32: normalized RGB, zero-padded to multiples of "
                  f"{divisor}",
         "outputs": "category_logits (N, C, cells); kernels (N, E, cells); mask_features "
                    "(N, E, H/4, W/4); cells = sum of S*S over the levels, row-major, level by level",
     }
+    if postprocess:
+        from .onnx_postprocess import FULL_DESCRIPTION, FULL_DYNAMIC_AXES, FullSOLOv2, full_sample_inputs
+
+        wrapper = FullSOLOv2(network, cfg.test, cfg.model.grids, cfg.model.strides).eval()
+        inputs = full_sample_inputs(height, width)
+        input_names, output_names = list(FULL_DYNAMIC_AXES)[:3], list(FULL_DYNAMIC_AXES)[3:]
+        dynamic, description = FULL_DYNAMIC_AXES, FULL_DESCRIPTION
+    with warnings.catch_warnings():
+        # GroupNorm's batch-size check reads a shape as a Python bool; it does not affect the graph.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="torch.tensor results are registered as constants")
+        torch.onnx.export(
+            wrapper, inputs, str(out), dynamo=False, opset_version=opset,
+            input_names=input_names, output_names=output_names, dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
+    proto = onnx.load(str(out))
+    metadata = {CONFIG_KEY: yaml.safe_dump(cfg.to_dict(), sort_keys=False), FORMAT_KEY: FORMAT_VERSION,
+                **description}
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

@@ -1,0 +1,121 @@
+"""``solov2-runtime``: the command line of the PyTorch-free runtime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from .predict_files import BatchPredictor, predict_files
+from .settings import SettingsError
+from .sources import collect_sources
+
+EXAMPLES = """examples:
+  solov2-runtime predict model.onnx photos/ clip.mp4 --out runs/predict
+  solov2-runtime predict model.onnx 'shots/**/*.png' test.score_thr=0.3 --save-masks
+  solov2-runtime predict model.onnx clip.mp4 --frame-stride 5 --threads 4
+
+outputs in --out: one overlay per image (same folder structure), an annotated .mp4 per video,
+results.json (COCO-style records with RLE masks; video records carry a "frame" index) and,
+with --save-masks, one PNG per instance under masks/. Exit code 0: all inputs predicted;
+1: some inputs failed (listed on stderr); 2: nothing could be predicted (bad model, bad
+option, no readable input).
+"""
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``solov2-runtime predict`` and ``solov2 predict`` share."""
+    parser.add_argument("--out", default="runs/predict", help="output folder (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--frame-stride", type=int, default=1, help="process every N-th video frame")
+    parser.add_argument("--save-masks", action="store_true", help="also write one PNG per instance")
+    parser.add_argument("--no-overlays", action="store_true", help="write results.json only")
+    parser.add_argument("--show-thr", type=float, default=0.3,
+                        help="draw instances scored at least this in overlays and videos; results.json "
+                             "keeps all that pass test.score_thr (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_predict(args: argparse.Namespace, inputs: Sequence[str],
+                build: Callable[[], BatchPredictor], errors: tuple[type[Exception], ...]) -> int:
+    """Collect ``inputs``, build the predictor (``errors`` it raises are reported), predict,
+    print the summary; returns the exit code (0, 1 if some inputs failed, 2 if none could run)."""
+    if args.frame_stride < 1 or args.batch_size < 1:
+        return fail("--frame-stride and --batch-size must be at least 1")
+    sources, problems = collect_sources(list(inputs))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not sources:
+        return fail("nothing to predict: no readable image or video among the inputs")
+    try:
+        predictor = build()
+    except errors as err:
+        return fail(str(err))
+    try:
+        summary = predict_files(predictor, sources, args.out, save_masks=args.save_masks,
+                                save_overlays=not args.no_overlays, frame_stride=args.frame_stride,
+                                batch_size=args.batch_size, show_thr=args.show_thr, progress=not args.quiet)
+    except OSError as err:
+        return fail(f"cannot write the outputs: {err}")
+    failures = problems + summary.failures
+    print(f"predicted {summary.images} images and {summary.frames} frames of {summary.videos} videos: "
+          f"{summary.instances} instances")
+    if summary.empty:
+        print(summary.empty_line(*predictor.score_thresholds()))
+    print(f"results: {summary.results_file}")
+    if not args.no_overlays:
+        print(f"overlays: {summary.out_dir}")
+    if failures:
+        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="solov2-runtime", description="SOLOv2 models exported to "
+                                     "ONNX, run with ONNX Runtime and NumPy (no PyTorch)",
+                                     epilog=EXAMPLES.split("\n\n")[0] + "\n\nRun 'solov2-runtime predict "
+                                     "--help' for the options.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser(
+        "predict", help="segment images, folders and videos",
+        description="Instance masks for images, folders, globs and videos with an exported model.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("model", help=".onnx file written by 'solov2 export'")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image files, folders (searched recursively), glob patterns, video files; "
+                              "KEY=VALUE items are overrides of test.* and input.* settings")
+    add_output_arguments(predict)
+    predict.add_argument("--threads", type=int, default=0,
+                         help="ONNX Runtime intra-op threads (default: 0, its own choice)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may follow options; collect them wherever they stand.
+    unknown = [item for item in extra if item.startswith("-") or "=" not in item]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    from .runtime import ModelError, Runtime
+
+    overrides = [item for item in args.inputs if "=" in item] + extra
+    inputs = [item for item in args.inputs if "=" not in item]
+
+    def build() -> Runtime:
+        return Runtime(args.model, overrides=overrides, batch_size=args.batch_size, num_threads=args.threads)
+
+    return run_predict(args, inputs, build, (ModelError, SettingsError, ImportError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

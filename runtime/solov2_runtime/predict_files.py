@@ -1,0 +1,194 @@
+"""The predict job (``solov2-runtime predict``, ``solov2 predict``): run a predictor over
+images and videos and write overlays, annotated videos, masks and ``results.json``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from .atomic import write_json_atomic
+from .image_io import ImageReadError, read_image
+from .progress import Progress
+from .records import InstanceResult, to_coco_records
+from .sources import Source, VideoReadError, open_video, read_frames
+from .visualize import draw_result
+
+
+class BatchPredictor(Protocol):
+    """What the job needs: ``Runtime`` and solov2's ``Predictor`` have it."""
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[InstanceResult]: ...
+
+    def score_thresholds(self) -> tuple[float, float]:
+        """``test.score_thr`` and ``test.update_thr`` in use (for the empty-image summary)."""
+        ...
+
+
+@dataclass
+class PredictSummary:
+    """What a predict job did; ``empty_line`` explains the images that got no instance."""
+
+    out_dir: Path
+    results_file: Path
+    images: int = 0
+    frames: int = 0
+    videos: int = 0
+    instances: int = 0
+    failures: list[str] = field(default_factory=list)
+    empty: int = 0  # images and frames without any instance
+    best_empty_score: float = float("nan")  # highest category probability seen on those (nan: unknown)
+
+    def count(self, result: InstanceResult) -> None:
+        """Add one image's or frame's result to the counts."""
+        self.instances += len(result)
+        if len(result) == 0:
+            self.empty += 1
+            best = float(getattr(result, "best_score", float("nan")))
+            if best == best and not self.best_empty_score >= best:
+                self.best_empty_score = best
+
+    def empty_line(self, score_thr: float, update_thr: float) -> str:
+        """What the empty images were missing ('' when none was empty): the highest category
+        score and the thresholds (``test.score_thr``, ``test.update_thr``) that would let it pass."""
+        if not self.empty:
+            return ""
+        line = f"{self.empty} image(s)/frame(s) got no instance"
+        best = self.best_empty_score
+        if best == best:
+            keep = math.floor(best * 1000) / 1000
+            line += f"; the highest category score on them was {best:.4f} (test.score_thr is {score_thr:g})"
+            line += f": test.score_thr={keep:g}" + (f" test.update_thr={keep:g}" if keep < update_thr else "")
+            line += " would keep candidates there (mask scoring and Matrix NMS lower scores further)"
+        return line
+
+
+def _save_masks(result: InstanceResult, folder: Path, stem: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (mask, name) in enumerate(zip(result.masks, result.class_names)):
+        safe = name.replace(" ", "_").replace("/", "_")
+        cv2.imwrite(str(folder / f"{stem}_{i:03d}_{safe}.png"), mask.astype(np.uint8) * 255)
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_files(
+    predictor: BatchPredictor,
+    sources: list[Source],
+    out_dir: str | Path,
+    *,
+    save_masks: bool = False,
+    save_overlays: bool = True,
+    frame_stride: int = 1,
+    batch_size: int = 4,
+    show_thr: float = 0.3,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every source; write overlays, annotated videos, masks and ``results.json``.
+
+    Overlays and videos show the instances scored ``show_thr`` or more; the results file and
+    the masks keep every instance the model returned.
+
+    An unreadable file is reported on stderr and skipped; the others go on.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = PredictSummary(out_dir, out_dir / "results.json")
+    records: list[dict] = []
+    images = [s for s in sources if not s.is_video]
+    videos = [s for s in sources if s.is_video]
+    total = len(images) + sum(_frame_count(v.path, frame_stride) for v in videos)
+    bar = Progress(total, desc="predict", unit="img", disable=not progress)
+
+    def fail(message: str) -> None:
+        summary.failures.append(message)
+        bar.write(f"error: {message}")
+
+    for chunk in _chunks(images, batch_size):
+        loaded: list[tuple[Source, np.ndarray]] = []
+        for source in chunk:
+            try:
+                loaded.append((source, read_image(source.path)))
+            except ImageReadError as err:
+                fail(str(err))
+                bar.update(1)
+        results = predictor.predict_batch([img for _, img in loaded]) if loaded else []
+        for (source, image), result in zip(loaded, results):
+            records += to_coco_records(result, file_name=str(source.path))
+            if save_overlays:
+                target = (out_dir / source.relative).with_suffix(".jpg")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not cv2.imwrite(str(target), draw_result(image, result, min_score=show_thr)):
+                    fail(f"{target}: could not write the overlay")
+            if save_masks:
+                _save_masks(result, out_dir / "masks" / source.relative.parent, source.relative.stem)
+            summary.images += 1
+            summary.count(result)
+            bar.update(1)
+
+    for source in videos:
+        try:
+            records += _predict_video(predictor, source, out_dir, summary, bar, frame_stride,
+                                      batch_size, save_masks, save_overlays, show_thr)
+            summary.videos += 1
+        except VideoReadError as err:
+            fail(str(err))
+    bar.close()
+    write_json_atomic(records, summary.results_file)
+    return summary
+
+
+def _frame_count(path: Path, stride: int) -> int:
+    capture = cv2.VideoCapture(str(path))
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
+    capture.release()
+    return -(-count // stride)
+
+
+def _predict_video(predictor: BatchPredictor, source: Source, out_dir: Path, summary: PredictSummary,
+                   bar: Progress, stride: int, batch_size: int, save_masks: bool,
+                   save_overlays: bool, show_thr: float) -> list[dict]:
+    capture, fps, _, (width, height) = open_video(source.path)
+    writer = None
+    target = (out_dir / source.relative).with_suffix(".mp4")
+    if save_overlays:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps / stride, (width, height))
+    records: list[dict] = []
+    frames_seen = 0
+    try:
+        batch: list[tuple[int, np.ndarray]] = []
+        frames = read_frames(capture, stride)
+        while True:
+            batch = [item for _, item in zip(range(batch_size), frames)]
+            if not batch:
+                break
+            results = predictor.predict_batch([frame for _, frame in batch])
+            for (index, frame), result in zip(batch, results):
+                for record in to_coco_records(result, file_name=str(source.path)):
+                    record["frame"] = index
+                    records.append(record)
+                if writer is not None:
+                    writer.write(draw_result(frame, result, min_score=show_thr))
+                if save_masks:
+                    _save_masks(result, out_dir / "masks" / source.relative.with_suffix(""),
+                                f"frame{index:06d}")
+                summary.count(result)
+                frames_seen += 1
+                bar.update(1)
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if frames_seen == 0:
+        target.unlink(missing_ok=True)
+        raise VideoReadError(f"{source.path}: no frames could be decoded")
+    summary.frames += frames_seen
+    return records
