@@ -2,7 +2,10 @@
 
     python benchmarks/compare_postprocess.py --revs e1569df f017d09 --load blobs --repeats 15
 
-Loads ``solov2/model/postprocess.py`` as it was at each of ``--revs`` (read with ``git show``),
+    python benchmarks/compare_postprocess.py --revs main --load noise --repeats 31 --threads 2
+
+Loads ``solov2/model/postprocess.py`` as it was at each of ``--revs`` (read with ``git show``,
+with the ``solov2/model`` modules it imports at that revision),
 times them and the current version alternately on the benchmark's crafted load
 (``--candidates`` pairs above the score threshold; ``--load blobs``: compact masks of
 COCO-like sizes, ``--load noise``: the worst case, every mask spanning the image; see
@@ -11,10 +14,10 @@ times and the median of the per-round ratios.
 
 Agreement. Labels must be identical and scores within ``--score-tolerance`` (identical, unless
 an image has so few candidates that the revision's mask product took MKL's path for small
-products, rounded differently; the current version never takes it: ``_product``). The final
+products, rounded differently; the current version never takes it: ``fast_masks._product``). The final
 masks may differ only at pixels where the revision's upsampled probability (its
 ``F.interpolate`` output, recorded) lies within ``--tolerance`` of mask_thr: the current version
-resizes with exact-in-math matrices rounded differently (see ``solov2/model/postprocess.py``).
+resizes with exact-in-math matrices rounded differently (``fast_masks.resize_masks``).
 The differing pixels are counted. To
 measure differing pixels, the last revision must resize with ``F.interpolate``, as f017d09 and
 earlier do (later ones build resize matrices with it); with a later one, differing pixels stop

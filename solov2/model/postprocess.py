@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import TestConfig
@@ -55,12 +56,9 @@ class Detections:
 
 
 def points_nms(probs: Tensor) -> Tensor:
-    """(..., S, S) category probabilities with every cell zeroed that is below the maximum of its
-    2x2 neighbourhood (itself, up, left, up-left): the release's ``max_pool2d(kernel_size=2,
-    stride=1, padding=1)`` cropped to the input, computed as two shifted maxima (equal values)."""
-    pooled = probs.clone()
-    pooled[..., 1:, :] = torch.maximum(probs[..., 1:, :], probs[..., :-1, :])
-    pooled[..., :, 1:] = torch.maximum(pooled[..., :, 1:], pooled[..., :, :-1])
+    """(N, C, S, S) category probabilities with every cell zeroed that is below the maximum of
+    its 2x2 neighbourhood (itself and its up, left and up-left neighbours), as the release."""
+    pooled = F.max_pool2d(probs, kernel_size=2, stride=1, padding=1)[..., :-1, :-1]
     return probs * (pooled == probs)
 
 
