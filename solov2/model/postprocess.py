@@ -1,7 +1,7 @@
 """SOLOv2 inference post-processing: the network's outputs to scored instance masks.
 
 ``postprocess_image`` follows the steps of the SOLOv2 paper (Wang et al., "SOLOv2: Dynamic and
-Fast Instance Segmentation", 2020, sections 3-4) and of the authors' release
+Fast Instance Segmentation", 2020, section 3) and of the authors' release
 (``get_seg_single`` in WXinlong/SOLO), in their order:
 
 1. points NMS on the category maps (``flatten_levels``), then the score threshold;
@@ -13,9 +13,9 @@ Fast Instance Segmentation", 2020, sections 3-4) and of the authors' release
 
 Steps 2-4 (``score_masks``) and 6 (``resize_masks``) run through ``fast_masks``, which computes
 the same values with less memory traffic on the CPU. Contract, tested against a plain
-re-implementation of the release (tests/test_postprocess.py): labels, scores and their order
-are the release's (bit-identical in the tests); a final mask pixel may differ from the
-release's only where its upsampled probability is within float32 rounding of ``mask_thr``
+re-implementation of the release (tests/test_postprocess.py): labels and their order are the
+release's and scores equal its scores to float32 rounding; a final mask pixel may differ from
+the release's only where its upsampled probability is within float32 rounding of ``mask_thr``
 (``resize_masks`` applies both resizes of an axis as one matrix, rounded differently).
 """
 
