@@ -561,6 +561,15 @@ def test_postprocess_on_model_outputs(random_model):
 # The faster pieces against their straightforward forms.
 
 
+def test_points_nms_equals_max_pool_form():
+    """Shifted maxima give exactly max_pool2d(kernel 2, stride 1, padding 1) cropped, ties included."""
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 80, 40, 40), (2, 3, 5, 7), (1, 2, 1, 1), (1, 1, 1, 6), (3, 4, 12, 12)]:
+        for heat in (torch.rand(shape, generator=g), torch.randint(0, 3, shape, generator=g).float() / 2):
+            pooled = F.max_pool2d(heat, kernel_size=2, stride=1, padding=1)[..., :-1, :-1]
+            assert torch.equal(points_nms(heat), heat * (pooled == heat))
+
+
 def test_points_nms_shapes_and_ties_equal_reference():
     """Non-square, single-cell, single-row and 80-class maps, with many ties, against the loop."""
     g = torch.Generator().manual_seed(0)

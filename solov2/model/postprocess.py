@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import TestConfig
@@ -56,9 +55,13 @@ class Detections:
 
 
 def points_nms(probs: Tensor) -> Tensor:
-    """(N, C, S, S) category probabilities with every cell zeroed that is below the maximum of
-    its 2x2 neighbourhood (itself and its up, left and up-left neighbours), as the release."""
-    pooled = F.max_pool2d(probs, kernel_size=2, stride=1, padding=1)[..., :-1, :-1]
+    """(..., S, S) category probabilities with every cell zeroed that is below the maximum of its
+    2x2 neighbourhood (itself and its up, left and up-left neighbours). Equal to the release's
+    ``probs * (F.max_pool2d(probs, 2, stride=1, padding=1)[..., :-1, :-1] == probs)``, computed
+    as two shifted maxima (several times faster on the CPU)."""
+    pooled = probs.clone()
+    pooled[..., 1:, :] = torch.maximum(probs[..., 1:, :], probs[..., :-1, :])
+    pooled[..., :, 1:] = torch.maximum(pooled[..., :, 1:], pooled[..., :, :-1])
     return probs * (pooled == probs)
 
 
