@@ -2,7 +2,10 @@
 
     python benchmarks/compare_postprocess.py --revs e1569df f017d09 --load blobs --repeats 15
 
-Loads ``solov2/model/postprocess.py`` as it was at each of ``--revs`` (read with ``git show``),
+    python benchmarks/compare_postprocess.py --revs main --load noise --repeats 31 --threads 2
+
+Loads ``solov2/model/postprocess.py`` as it was at each of ``--revs`` (read with ``git show``,
+with the ``solov2/model`` modules it imports at that revision),
 times them and the current version alternately on the benchmark's crafted load
 (``--candidates`` pairs above the score threshold; ``--load blobs``: compact masks of
 COCO-like sizes, ``--load noise``: the worst case, every mask spanning the image; see
@@ -11,10 +14,10 @@ times and the median of the per-round ratios.
 
 Agreement. Labels must be identical and scores within ``--score-tolerance`` (identical, unless
 an image has so few candidates that the revision's mask product took MKL's path for small
-products, rounded differently; the current version never takes it: ``_product``). The final
+products, rounded differently; the current version never takes it: ``fast_masks._product``). The final
 masks may differ only at pixels where the revision's upsampled probability (its
 ``F.interpolate`` output, recorded) lies within ``--tolerance`` of mask_thr: the current version
-resizes with exact-in-math matrices rounded differently (see ``solov2/model/postprocess.py``).
+resizes with exact-in-math matrices rounded differently (``fast_masks.resize_masks``).
 The differing pixels are counted. To
 measure differing pixels, the last revision must resize with ``F.interpolate``, as f017d09 and
 earlier do (later ones build resize matrices with it); with a later one, differing pixels stop
@@ -24,7 +27,9 @@ the script with a message, and identical results and the timings are reported as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import re
 import statistics
 import subprocess
 import sys
@@ -41,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from solov2.config import load_config  # noqa: E402
 from solov2.benchmark import POSTPROCESS_LOADS, crafted_outputs  # noqa: E402
 from solov2.model import postprocess as current_postprocess  # noqa: E402
-from solov2.model.postprocess import ScoredMasks  # noqa: E402
+from solov2.model.fast_masks import ScoredMasks  # noqa: E402
 
 
 class RecordingF(types.SimpleNamespace):
@@ -59,15 +64,30 @@ class RecordingF(types.SimpleNamespace):
         return out
 
 
-def load_revision(rev: str) -> types.ModuleType:
-    source = subprocess.run(["git", "show", f"{rev}:solov2/model/postprocess.py"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout
-    module = types.ModuleType("postprocess_at_" + rev)
+def _exec_at(rev: str, name: str) -> types.ModuleType:
+    """solov2/model/NAME.py as it was at ``rev``, as a new module (F: a ``RecordingF``). The
+    modules it imports from the same package (``from .x import``) are also taken at ``rev``."""
+    path = f"solov2/model/{name}.py"
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout
+    siblings = {m: _exec_at(rev, m) for m in re.findall(r"^from \.(\w+) import", source, flags=re.M)}
+    module = types.ModuleType(f"{name}_at_{rev}")
     module.__package__ = "solov2.model"
     sys.modules[module.__name__] = module
-    exec(compile(source, f"{rev}:solov2/model/postprocess.py", "exec"), module.__dict__)
+    with contextlib.ExitStack() as stack:
+        for sibling, loaded in siblings.items():  # the relative imports find the revision's modules
+            key = f"solov2.model.{sibling}"
+            stack.callback(lambda k=key, v=sys.modules.get(key): sys.modules.__setitem__(k, v) if v
+                           else sys.modules.pop(k, None))
+            sys.modules[key] = loaded
+        exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
     module.F = RecordingF()
     return module
+
+
+def load_revision(rev: str) -> types.ModuleType:
+    """solov2/model/postprocess.py as it was at ``rev``, with the package modules it imports."""
+    return _exec_at(rev, "postprocess")
 
 
 @dataclasses.dataclass

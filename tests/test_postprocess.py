@@ -3,7 +3,7 @@ on crafted kernels and features, and equality with a plain loop-based re-impleme
 authors' release (get_seg_single + matrix_nms + points_nms of WXinlong/SOLO).
 
 Labels and scores must equal the reference's. Final masks: the post-processing resizes with
-exact-in-math matrices rounded differently from ``F.interpolate`` (see solov2/model/postprocess.py),
+exact-in-math matrices rounded differently from ``F.interpolate`` (solov2/model/fast_masks.py),
 so a mask pixel may differ only where the reference's upsampled probability lies within
 MASK_TOLERANCE of mask_thr (``assert_masks_agree``).
 """
@@ -21,20 +21,22 @@ import torch
 import torch.nn.functional as F
 
 from solov2.config import TestConfig as InferenceConfig  # not named Test*: pytest would collect it
-from solov2.model.postprocess import (
+from solov2.model.fast_masks import (
     MAPPED_ZEROS_BYTES,
-    Detections,
     _zeros_bool,
-    cell_strides,
-    flatten_levels,
     mask_intersections,
     mask_probabilities,
+    resize_masks,
+    score_masks,
+)
+from solov2.model.postprocess import (
+    Detections,
+    cell_strides,
+    flatten_levels,
     matrix_nms,
     points_nms,
     postprocess,
     postprocess_image,
-    resize_masks,
-    score_masks,
 )
 
 STRIDES = [8, 8, 16, 32, 32]
@@ -568,6 +570,16 @@ def test_points_nms_equals_max_pool_form():
             assert torch.equal(points_nms(heat), heat * (pooled == heat))
 
 
+def test_points_nms_shapes_and_ties_equal_reference():
+    """Non-square, single-cell, single-row and 80-class maps, with many ties, against the loop."""
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 80, 12, 12), (2, 3, 5, 7), (1, 2, 1, 1), (1, 1, 1, 6), (3, 4, 12, 12)]:
+        for heat in (torch.rand(shape, generator=g), torch.randint(0, 3, shape, generator=g).float() / 2):
+            out = points_nms(heat)
+            for n in range(shape[0]):
+                assert torch.equal(out[n], ref_points_nms(heat[n]))
+
+
 def scoring_case(g: torch.Generator, n: int, pixels: int, channels: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, channels) kernels and (channels, pixels) features with exact (dyadic) products whose
     logits span -8..8 over the rows; row 0 gives an empty mask and row 1 a full one."""
@@ -587,26 +599,25 @@ def straightforward_scores(kernels, features, mask_thr):
 
 
 @pytest.mark.parametrize("mask_thr", [0.5, 0.0, -0.1, 0.97])
-@pytest.mark.parametrize("product_rows,pass_rows", [(1, 1), (5, 5), (16, 5), (64, 16), (1000, 16), (7, 64)])
-@pytest.mark.parametrize("with_priority", [False, True])
-def test_score_masks_equals_straightforward_form(mask_thr, product_rows, pass_rows, with_priority):
+@pytest.mark.parametrize("block_rows,pass_rows", [(1, 1), (5, 5), (16, 5), (64, 16), (1000, 16), (7, 64)])
+@pytest.mark.parametrize("tied_priority", [False, True])
+def test_score_masks_equals_straightforward_form(mask_thr, block_rows, pass_rows, tied_priority):
     """Bit-identical to one product, sigmoid, threshold, areas and (probs * masks.float()).sum,
     whatever the block sizes and the candidates whose probabilities are kept, with empty and
     full masks among the rows (pixels a multiple of 64, as the network's outputs always are)."""
     g = torch.Generator().manual_seed(1)
     kernels, features = scoring_case(g, 37, 11 * 64)
     probs, masks, areas, sums = straightforward_scores(kernels, features, mask_thr)
-    priority = torch.rand(37, generator=g) if with_priority else None
-    scored = score_masks(kernels, features, mask_thr, product_rows, pass_rows, priority=priority)
+    priority = torch.ones(37) if tied_priority else torch.rand(37, generator=g)
+    scored = score_masks(kernels, features, mask_thr, priority, block_rows, pass_rows)
     assert sorted(scored.row_of.tolist()) == list(range(37))
     assert torch.equal(scored.masks[scored.row_of], masks)
     assert torch.equal(scored.areas, areas)
     assert torch.equal(scored.sums, sums)
-    kept = min(product_rows, 37) if with_priority else 0
+    kept = min(block_rows, 37)
     assert scored.kept_probs.shape == (kept, 11 * 64) and scored.first_kept_row == 37 - kept
-    if with_priority:  # the kept rows are the candidates of highest priority
-        top = set(priority.topk(kept).indices.tolist())
-        assert {int(i) for i in scored.row_of.argsort()[37 - kept :]} == top
+    top = set(priority.topk(kept).indices.tolist())  # the kept rows are the candidates of highest priority
+    assert {int(i) for i in scored.row_of.argsort()[37 - kept :]} == top
     rows = torch.tensor([36, 0, 20, 35, 3, 36])  # needed later for the final resize
     got = scored.probabilities(rows, kernels, features)
     assert torch.equal(torch.stack(got), probs[rows])
@@ -631,7 +642,7 @@ def test_probabilities_do_not_depend_on_how_many_rows_are_computed(rows, threads
         g = torch.Generator().manual_seed(5)
         kernels, features = torch.randn(40, 128, generator=g) * 0.1, torch.randn(128, 56 * 84, generator=g)
         index = torch.tensor(rows)
-        scored = score_masks(kernels, features, 0.5, 16, 16, priority=torch.rand(40, generator=g))
+        scored = score_masks(kernels, features, 0.5, torch.rand(40, generator=g), 16, 16)
         everything = torch.mm(kernels, features).sigmoid()
         assert torch.equal(mask_probabilities(kernels[index], features), everything[index])
         assert torch.equal(torch.stack(scored.probabilities(index, kernels, features)), everything[index])
@@ -647,7 +658,7 @@ def test_score_masks_any_pixel_count_agrees_closely():
     g = torch.Generator().manual_seed(4)
     kernels, features = scoring_case(g, 37, 143)
     probs, masks, areas, sums = straightforward_scores(kernels, features, 0.5)
-    scored = score_masks(kernels, features, 0.5, 5, 3)
+    scored = score_masks(kernels, features, 0.5, torch.rand(37, generator=g), 5, 3)
     got_masks, got_areas, got_sums = scored.masks[scored.row_of], scored.areas, scored.sums
     differ = got_masks != masks
     assert torch.all((probs[differ] - 0.5).abs() < 1e-6)
@@ -759,7 +770,7 @@ def test_score_masks_long_rows_two_threads():
         kernels, features = scoring_case(g, 33, 40_192)  # 628 x 64
         _, masks, areas, sums = straightforward_scores(kernels, features, 0.5)
         priority = torch.rand(33, generator=g)
-        scored = score_masks(kernels, features, 0.5, product_rows=16, pass_rows=16, priority=priority)
+        scored = score_masks(kernels, features, 0.5, priority, block_rows=16, pass_rows=16)
         got_masks, got_areas, got_sums = scored.masks[scored.row_of], scored.areas, scored.sums
         assert torch.equal(got_masks, masks)
         assert torch.equal(got_areas, areas) and torch.equal(got_sums, sums)
