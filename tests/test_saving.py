@@ -1,5 +1,6 @@
-"""A checkpoint save that runs out of space is one error line, keeps what was saved, and the
-run resumes from the last complete checkpoint (needs root to mount a small tmpfs)."""
+"""Saving files: a checkpoint save that runs out of space is one error line, keeps what was saved, the
+run resumes from the last complete checkpoint (needs root to mount a small tmpfs), and files follow
+the umask."""
 
 from __future__ import annotations
 
@@ -67,3 +68,20 @@ def test_disk_full_during_training_then_resume(tmp_path, small_disk, capsys):
     assert main(["train", "--resume", str(run), "--device", "cpu", "--no-progress"]) == 0
     assert [r["iteration"] for r in read_metrics(run)][-1] == 6
     assert (run / "final.pth").is_file() and (run / "epoch_3.pth").is_file()
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import stat
+
+    from solov2.atomic import write_json_atomic
+
+    previous = os.umask(0o027)
+    try:
+        write_json_atomic({"a": 1}, tmp_path / "m.json")
+        atomic_save({"w": torch.zeros(2)}, tmp_path / "w.pth")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"m.json": 0o640, "w.pth": 0o640, "plain.txt": 0o640}
