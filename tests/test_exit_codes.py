@@ -47,3 +47,20 @@ def test_run_dir_increments_instead_of_mixing_runs(tmp_path):
     (tmp_path / "predict2").mkdir()
     assert run_dir(out, exist_ok=False) == tmp_path / "predict3"
     assert run_dir(out, exist_ok=True) == out
+
+
+@pytest.mark.parametrize("command", ["convert", "benchmark", "train"])
+def test_output_paths_that_cannot_be_written_fail_before_the_work(command, tmp_path, capsys):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    argv = {
+        "convert": [["convert", str(tmp_path / "in.pth"), str(folder)], "is a folder; give a file name"],
+        "benchmark": [["benchmark", "--json", str(blocker / "r.json")], "cannot write there"],
+        "train": [["train", "--config", "light_448_r18", "--work-dir", str(blocker)], "exists and is not a folder"],
+    }[command]
+    assert _run(argv[0]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and argv[1] in err[0], err
+    assert blocker.read_text() == "keep me"

@@ -38,6 +38,7 @@ def _umask() -> int:
     return current
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> None:
+def write_json_atomic(obj: Any, path: str | Path, indent: int | None = None) -> None:
+    """``obj`` as JSON at ``path``, written atomically."""
     with atomic_open(path, "w") as f:
-        json.dump(obj, f)
+        json.dump(obj, f, indent=indent)

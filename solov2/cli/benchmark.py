@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
-from .common import add_config_arguments, fail, formatter
+from ..atomic import write_json_atomic
+from .common import add_config_arguments, fail, formatter, output_file_problem
 
 EXAMPLES = """examples:
   solov2 benchmark --config light_448_r18 --size 448x672 --json runs/bench/r18.json
@@ -77,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
         return fail("--batch and --repeats must be at least 1, --warmup at least 0")
+    problem = output_file_problem(args.json) if args.json else None
+    if problem:
+        return fail(problem)
     if args.agreement_images and not args.weights:
         return fail("--agreement-images needs --weights: agreement is only meaningful for a trained model")
     sections = list(args.only or ["inference"] + ([] if args.no_train else ["training"]))
@@ -99,8 +101,6 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(err))
     print(format_report(result))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
-        print(f"figures written to {path}")
+        write_json_atomic(result, args.json, indent=2)
+        print(f"figures written to {args.json}")
     return 0

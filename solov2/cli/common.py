@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from ..config import Config, ConfigError, available_presets, load_config
@@ -63,6 +64,21 @@ def add_exist_ok(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exist-ok", action="store_true",
                         help="write into --out even if it holds an earlier run (default: a new folder "
                              "OUT2, OUT3, ... is used, so that two runs never mix)")
+
+
+def output_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be written as an output file, or None: checked before long work
+    starts, so that an unwritable output is found before, not after it."""
+    target = Path(path)
+    if target.is_dir():
+        return f"{target}: is a folder; give a file name"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as err:
+        return f"{target}: cannot write there ({err.strerror or err}); choose another path"
+    return None
 
 
 def config_or_exit(name: str, overrides: list[str]) -> Config:

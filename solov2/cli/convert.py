@@ -31,7 +31,7 @@ from ..checkpoint import (
     make_checkpoint,
 )
 from ..config import Config, ConfigError, config_from_dict, load_config
-from .common import fail, formatter
+from .common import fail, formatter, output_file_problem
 
 DESCRIPTION = """Rewrite a checkpoint of any supported format as a solov2 checkpoint.
 
@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
 
     if Path(args.input).resolve() == Path(args.output).resolve():
         return fail("OUT must differ from IN (the input is kept as it is)")
+    problem = output_file_problem(args.output)
+    if problem:
+        return fail(problem)
     try:
         summary = convert(args.input, args.output, args.config, args.overrides)
     except (CheckpointError, ConfigError, DeformableConvolutionNotAvailable) as err:

@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     conflict = _conflicts(args)
     if conflict:
         return fail(conflict)
+    if args.work_dir and Path(args.work_dir).exists() and not Path(args.work_dir).is_dir():
+        return fail(f"{args.work_dir}: exists and is not a folder; choose another --work-dir")
     if args.max_iters is not None and args.max_iters < 1:
         return fail("--max-iters must be at least 1")
     try:
