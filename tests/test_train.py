@@ -22,6 +22,7 @@ from solov2.checkpoint import load_checkpoint
 from solov2.cli import main
 from solov2.config import config_from_dict, load_config
 from solov2.data.coco import DatasetError
+from solov2.engine import train_step as train_step_module
 from solov2.engine import trainer
 from solov2.engine.trainer import TrainingError, TrainingInterrupted, learning_rate, train
 from solov2.model.solov2 import SOLOv2
@@ -180,7 +181,7 @@ def test_unusable_dataset_stops_before_training(tmp_path, capsys):
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     cfg = load_config("light_448_r18", shapes_config(tmp_path, "train.max_bad_steps=2"))
-    original = trainer.solov2_loss
+    original = train_step_module.solov2_loss
     calls = {"n": 0}
 
     def loss(*args, **kwargs):
@@ -190,7 +191,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
             return out._replace(total=out.total * float("nan"), mask=out.mask * float("nan"))
         return out
 
-    monkeypatch.setattr(trainer, "solov2_loss", loss)
+    monkeypatch.setattr(train_step_module, "solov2_loss", loss)
     with pytest.raises(TrainingError, match="2 non-finite losses or gradients in a row"):
         train(cfg, tmp_path / "run", device="cpu", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
