@@ -1,0 +1,292 @@
+"""Deformable convolution v1 (offsets) and v2 (offsets + modulation) in plain PyTorch.
+
+``deform_conv2d`` has the signature and the semantics of ``torchvision.ops.deform_conv2d``
+and of ONNX's ``DeformConv`` (opset 19):
+
+- ``input`` (N, C, H, W); ``weight`` (O, C / groups, kh, kw); ``bias`` (O,) or None;
+- ``offset`` (N, 2 * dg * kh * kw, Ho, Wo): for deformable group g and tap t = i * kw + j,
+  channel ``2 * (g * kh * kw + t)`` is the vertical shift dy and the next one dx, in pixels;
+- ``mask`` (N, dg * kh * kw, Ho, Wo) or None: the modulation of each sampled value (v2);
+- tap t of output pixel (ho, wo) samples the input at
+  ``(ho * sh - ph + i * dh + dy, wo * sw - pw + j * dw + dx)`` bilinearly, zero outside the map.
+
+When ``torchvision.ops.deform_conv2d`` imports it is used (``BACKEND == "torchvision"``);
+otherwise the pure PyTorch path runs (``BACKEND == "pytorch"``): all kh * kw taps of every
+deformable group are sampled in one ``grid_sample`` call (the bilinear weights are computed
+once per tap and position for all channels) into an im2col buffer that one batched matmul
+multiplies with the weight. Both are differentiable by autograd, run on any device and
+under autocast (the sampling runs in the input's dtype).
+
+``DeformConv2dPack`` (v1) and ``ModulatedDeformConv2dPack`` (v2) hold the weight under the
+layer's own name and a zero-initialised companion ``conv_offset`` that predicts the offsets
+(and the mask logits for v2), as the SOLO release and mmcv name them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+try:  # pragma: no cover - depends on the installed torchvision
+    from torchvision.ops import deform_conv2d as _torchvision_deform_conv2d
+
+    BACKEND = "torchvision"
+except Exception:  # noqa: BLE001 - any import failure (missing, ABI mismatch) means "not available"
+    _torchvision_deform_conv2d = None
+    BACKEND = "pytorch"
+
+# Which implementation the last call of ``deform_conv2d`` ran ("torchvision" or "pytorch").
+last_backend: str = ""
+
+
+_local = threading.local()
+
+
+def _workspace(numel: int, device: torch.device) -> Tensor:
+    """A float32 buffer of ``numel`` elements, reused by the calls of this thread on ``device``
+    (its contents are only valid until the next call)."""
+    buffers = _local.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(device)
+    if buffer is None or buffer.numel() < numel:
+        buffer = torch.empty(numel, device=device, dtype=torch.float32)
+        buffers[device] = buffer
+    return buffer[:numel]
+
+
+def _positions(offset: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+               dilation: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Sampling rows and columns (N, dg, Ho, kh, Wo, kw) in input pixels, for ``offset``
+    (N, 2 * dg * kh * kw, Ho, Wo): tap (i, j) of output (ho, wo) at
+    (ho * sh - ph + i * dh + dy, wo * sw - pw + j * dw + dx)."""
+    n, channels, ho, wo = offset.shape
+    kh, kw = kernel
+    dg = channels // (2 * kh * kw)
+    dtype, device = offset.dtype, offset.device
+    base_y = (torch.arange(ho, device=device, dtype=dtype) * stride[0] - padding[0]).view(ho, 1, 1, 1)
+    base_x = (torch.arange(wo, device=device, dtype=dtype) * stride[1] - padding[1]).view(wo, 1)
+    tap_y = (torch.arange(kh, device=device, dtype=dtype) * dilation[0]).view(kh, 1, 1)
+    tap_x = torch.arange(kw, device=device, dtype=dtype) * dilation[1]
+    offset = offset.view(n, dg, kh, kw, 2, ho, wo).permute(0, 1, 4, 5, 2, 6, 3)  # (N, dg, 2, Ho, kh, Wo, kw)
+    rows = offset[:, :, 0] + (base_y + tap_y)
+    cols = offset[:, :, 1] + (base_x + tap_x)
+    return rows, cols
+
+
+def _sample_with_grid(input: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Bilinear samples (N, C, Ho * kh, Wo * kw), zero outside the map, by ``grid_sample``:
+    tap (i, j) of output (ho, wo) at row ho * kh + i, column wo * kw + j."""
+    n, channels, height, width = input.shape
+    dg, ho, kh, wo, kw = rows.shape[1:]
+    grid = torch.stack([(2 * cols + 1) / width - 1, (2 * rows + 1) / height - 1], dim=-1)
+    grid = grid.reshape(n * dg, ho * kh, wo * kw, 2).to(input.dtype)
+    sampled = F.grid_sample(input.reshape(n * dg, channels // dg, height, width), grid,
+                            mode="bilinear", padding_mode="zeros", align_corners=False)
+    return sampled.view(n, channels, ho * kh, wo * kw)
+
+
+def _sample_with_sparse(input: Tensor, rows: Tensor, cols: Tensor, mask: Tensor | None) -> Tensor:
+    """As ``_sample_with_grid`` times the mask, as one sparse (4 entries a row) matrix product
+    with the channels-last input; returns a channels-last tensor. Not differentiable in the
+    offsets: used when no gradient is needed."""
+    n, channels, height, width = input.shape
+    dg, ho, kh, wo, kw = rows.shape[1:]
+    y0, x0 = rows.floor(), cols.floor()
+    ly, lx = rows - y0, cols - x0
+    corner_index, corner_weight = [], []
+    for dy, wy in ((0, 1 - ly), (1, ly)):
+        for dx, wx in ((0, 1 - lx), (1, lx)):
+            y, x = y0 + dy, x0 + dx
+            inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+            corner_weight.append(torch.where(inside, wy * wx, 0.0))
+            corner_index.append(y.clamp(0, height - 1) * width + x.clamp(0, width - 1))
+    weight = torch.stack(corner_weight, dim=-1)  # (N, dg, Ho, kh, Wo, kw, 4)
+    if mask is not None:
+        weight = weight * mask.view(n, dg, kh, kw, ho, wo).permute(0, 1, 4, 2, 5, 3).unsqueeze(-1)
+    plane = torch.arange(n * dg, device=input.device).view(n, dg, 1, 1, 1, 1, 1) * (height * width)
+    index = torch.stack(corner_index, dim=-1).long() + plane
+    count = index.numel() // 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        matrix = torch.sparse_csr_tensor(
+            torch.arange(0, 4 * count + 1, 4, device=input.device, dtype=torch.int32),
+            index.reshape(-1).to(torch.int32), weight.reshape(-1).float(), (count, n * dg * height * width),
+        )
+    pixels = input.float().reshape(n, dg, channels // dg, height * width).permute(0, 1, 3, 2)
+    # Into a reused buffer: allocating (and first touching) the k*k times larger result costs
+    # more than the product itself.
+    sampled = _workspace(count * (channels // dg), input.device).view(count, channels // dg)
+    torch.addmm(sampled, matrix, pixels.reshape(n * dg * height * width, channels // dg), beta=0, out=sampled)
+    sampled = sampled.view(n, dg, ho * kh, wo * kw, channels // dg).permute(0, 2, 3, 1, 4)
+    sampled = sampled.reshape(n, ho * kh, wo * kw, channels).permute(0, 3, 1, 2)
+    return sampled.to(input.dtype)
+
+
+def deform_conv2d_pytorch(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
+                          stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                          dilation: int | tuple[int, int] = 1, mask: Tensor | None = None) -> Tensor:
+    """The pure PyTorch deformable convolution (see the module docstring for the contract).
+
+    The samples of all taps are laid out as an image of (Ho * kh, Wo * kw) pixels, tap (i, j)
+    of output (ho, wo) at (ho * kh + i, wo * kw + j), and one ordinary convolution with stride
+    (kh, kw) and no padding applies the weight. Without gradients the samples come from one
+    sparse matrix product, with gradients from ``grid_sample``.
+    """
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    n, channels, height, width = input.shape
+    out_channels, group_channels, kh, kw = weight.shape
+    taps = kh * kw
+    dg = offset.shape[1] // (2 * taps)
+    if (offset.dim() != 4 or offset.shape[0] != n or channels % group_channels or dg < 1
+            or offset.shape[1] != 2 * dg * taps or channels % dg
+            or (mask is not None and mask.shape[1] != dg * taps)):
+        raise ValueError(
+            f"deform_conv2d: inconsistent shapes input {tuple(input.shape)}, weight {tuple(weight.shape)}, "
+            f"offset {tuple(offset.shape)}, mask {None if mask is None else tuple(mask.shape)}"
+        )
+    position_dtype = torch.promote_types(offset.dtype, torch.float32)
+    rows, cols = _positions(offset.to(position_dtype), (kh, kw), stride, padding, dilation)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, offset, mask))
+    if needs_grad or input.device.type != "cpu":
+        sampled = _sample_with_grid(input, rows, cols)
+        if mask is not None:
+            ho, wo = offset.shape[-2:]
+            m = mask.view(n, dg, kh, kw, ho, wo).permute(0, 1, 4, 2, 5, 3).reshape(n, dg, 1, ho * kh, wo * kw)
+            sampled = (sampled.view(n, dg, channels // dg, ho * kh, wo * kw) * m.to(sampled.dtype))
+            sampled = sampled.view(n, channels, ho * kh, wo * kw)
+        sampled = sampled.contiguous(memory_format=torch.channels_last)
+    else:
+        sampled = _sample_with_sparse(input, rows, cols, mask)
+    out = F.conv2d(sampled, weight.to(sampled.dtype), None, (kh, kw), 0, 1, channels // group_channels)
+    if bias is not None:
+        out = out + bias.to(out.dtype).view(1, -1, 1, 1)
+    return out.contiguous()
+
+
+class _OnnxDeformConv(torch.autograd.Function):
+    """What the TorchScript-based ONNX exporter records: one ``DeformConv`` node (opset >= 19)."""
+
+    @staticmethod
+    def forward(ctx, input, offset, weight, bias, stride, padding, dilation, mask):  # type: ignore[override]
+        return deform_conv2d_pytorch(input, offset, weight, bias, stride, padding, dilation, mask)
+
+    @staticmethod
+    def symbolic(g, input, offset, weight, bias, stride, padding, dilation, mask):  # type: ignore[no-untyped-def]
+        """ONNX inputs X, W, offset, B, mask; attributes as ONNX's DeformConv defines them."""
+        from torch.onnx import symbolic_helper
+
+        out_channels, group_channels, kh, kw = symbolic_helper._get_tensor_sizes(weight)
+        channels = symbolic_helper._get_tensor_sizes(input)[1]
+        offset_channels = symbolic_helper._get_tensor_sizes(offset)[1]
+        if bias is None or symbolic_helper._is_none(bias):
+            bias = g.op("Constant", value_t=torch.zeros(out_channels))
+        inputs = [input, weight, offset, bias]
+        if mask is not None and not symbolic_helper._is_none(mask):
+            inputs.append(mask)
+        return g.op(
+            "DeformConv", *inputs,
+            dilations_i=list(dilation), group_i=channels // group_channels,
+            kernel_shape_i=[kh, kw], offset_group_i=offset_channels // (2 * kh * kw),
+            pads_i=[padding[0], padding[1], padding[0], padding[1]], strides_i=list(stride),
+        )
+
+
+def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
+                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                  dilation: int | tuple[int, int] = 1, mask: Tensor | None = None) -> Tensor:
+    """Deformable convolution, torchvision's when it imports, else ``deform_conv2d_pytorch``.
+
+    Exported to ONNX as one ``DeformConv`` node (opset 19) by ``solov2.export``.
+    """
+    global last_backend
+    if torch.onnx.is_in_onnx_export():
+        last_backend = "onnx"
+        return _OnnxDeformConv.apply(input, offset, weight, bias, _pair(stride), _pair(padding),
+                                     _pair(dilation), mask)
+    if _torchvision_deform_conv2d is not None:  # pragma: no cover - needs torchvision
+        last_backend = "torchvision"
+        return _torchvision_deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+    last_backend = "pytorch"
+    return deform_conv2d_pytorch(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+class DeformConv2dPack(nn.Module):
+    """Deformable convolution v1: ``conv_offset`` (a plain conv of the same kernel, stride,
+    padding and dilation, zero-initialised) predicts 2 * dg * k * k offsets from the input.
+
+    Parameters: ``weight`` (O, C / groups, k, k), ``bias`` (O,) when ``bias``, and
+    ``conv_offset.weight`` / ``conv_offset.bias``.
+    """
+
+    modulated = False
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, dilation: int = 1, groups: int = 1, deform_groups: int = 1,
+                 bias: bool = False):
+        super().__init__()
+        if in_channels % groups or out_channels % groups or in_channels % deform_groups:
+            raise ValueError("in_channels and out_channels must be divisible by groups and deform_groups")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.groups, self.deform_groups = groups, deform_groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        per_tap = 3 if self.modulated else 2
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        self.conv_offset = nn.Conv2d(in_channels, per_tap * deform_groups * taps, kernel_size, stride,
+                                     padding, dilation, bias=True)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight uniform(+-1/sqrt(fan_in)) as mmcv's DeformConv2d, offsets zero."""
+        fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def offsets_and_mask(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(offset (N, 2 * dg * k * k, Ho, Wo), mask (N, dg * k * k, Ho, Wo) or None)."""
+        return self.conv_offset(x), None
+
+    def forward(self, x: Tensor) -> Tensor:
+        offset, mask = self.offsets_and_mask(x)
+        return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"deform_groups={self.deform_groups}, bias={self.bias is not None}")
+
+
+class ModulatedDeformConv2dPack(DeformConv2dPack):
+    """Deformable convolution v2: ``conv_offset`` predicts 3 * dg * k * k channels, split as
+    ``o1, o2, m = chunk(3)``; offset = cat(o1, o2), mask = sigmoid(m)."""
+
+    modulated = True
+
+    def offsets_and_mask(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        o1, o2, mask = torch.chunk(self.conv_offset(x), 3, dim=1)
+        return torch.cat((o1, o2), dim=1), torch.sigmoid(mask)
+
+
+def make_conv(dcn: str, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+              padding: int = 0, dilation: int = 1, groups: int = 1, bias: bool = False) -> nn.Module:
+    """A plain ``nn.Conv2d`` (``dcn == "none"``), a v1 (``"v1"``) or a v2 (``"v2"``) deformable conv."""
+    if dcn == "none":
+        return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias)
+    if dcn == "v1":
+        return DeformConv2dPack(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias)
+    if dcn == "v2":
+        return ModulatedDeformConv2dPack(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                                         bias=bias)
+    raise ValueError(f"deformable convolution type must be 'none', 'v1' or 'v2', got {dcn!r}")
