@@ -29,7 +29,6 @@ class ModelConfig:
     backbone_depth: int = 18
     # Stages (1-4) of the backbone that use deformable convolution; the DCN presets need it.
     backbone_dcn_stages: list[int] = field(default_factory=list)
-    head_dcn: bool = False
     frozen_stages: int = 1
     norm_eval: bool = True
     fpn_channels: int = 256
@@ -47,6 +46,12 @@ class ModelConfig:
     # Category names in label order; category_ids maps label -> dataset category id.
     class_names: list[str] = field(default_factory=list)
     category_ids: list[int] = field(default_factory=list)
+    backbone_groups: int = 1  # ResNeXt cardinality: groups of the bottleneck conv2 (1: ResNet; X101 64x4d: 64)
+    backbone_width_per_group: int = 64  # ResNeXt channels per group at stage 1 (64: ResNet; X101 64x4d: 4)
+    backbone_dcn: str = "none"  # deformable conv2 in backbone_dcn_stages: "none", "v1" (DCN) or "v2" (DCNv2)
+    head_dcn: str = "none"  # deformable tower convs (kernel and category branches): "none", "v1" or "v2"
+    head_dcn_all_convs: bool = False  # true: every tower conv deformable; false: only the last one
+    mask_branch_dcn: str = "none"  # every mask-feature-branch conv deformable (the final 1x1 too): "none"/"v1"/"v2"
 
 
 @dataclass
@@ -107,6 +112,9 @@ class TrainConfig:
     max_bad_steps: int = 20  # non-finite losses in a row before the run stops
     log_interval: int = 20
     max_iters: int = 0  # stop after this many iterations in all (0: run the whole schedule)
+    # Dice loss divisor: "pairs" = number of (cell, instance) pairs (authors' release, mmdetection
+    # 2.x) or "positive_cells" = number of positive grid cells (mmdetection 3.x)
+    dice_normalizer: str = "pairs"
 
 
 @dataclass

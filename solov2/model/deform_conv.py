@@ -54,7 +54,8 @@ def _workspace(numel: int, device: torch.device) -> Tensor:
     buffers = _local.__dict__.setdefault("buffers", {})
     buffer = buffers.get(device)
     if buffer is None or buffer.numel() < numel:
-        buffer = torch.empty(numel, device=device, dtype=torch.float32)
+        with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+            buffer = torch.empty(numel, device=device, dtype=torch.float32)
         buffers[device] = buffer
     return buffer[:numel]
 
@@ -129,13 +130,15 @@ def _sample_with_sparse(input: Tensor, rows: Tensor, cols: Tensor, mask: Tensor 
 
 def deform_conv2d_pytorch(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
                           stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                          dilation: int | tuple[int, int] = 1, mask: Tensor | None = None) -> Tensor:
+                          dilation: int | tuple[int, int] = 1, mask: Tensor | None = None,
+                          sampling: str = "auto") -> Tensor:
     """The pure PyTorch deformable convolution (see the module docstring for the contract).
 
     The samples of all taps are laid out as an image of (Ho * kh, Wo * kw) pixels, tap (i, j)
     of output (ho, wo) at (ho * kh + i, wo * kw + j), and one ordinary convolution with stride
-    (kh, kw) and no padding applies the weight. Without gradients the samples come from one
-    sparse matrix product, with gradients from ``grid_sample``.
+    (kh, kw) and no padding applies the weight. ``sampling="auto"``: on the CPU without
+    gradients the samples come from one sparse matrix product (``"sparse"``), otherwise from
+    ``grid_sample`` (``"grid"``, differentiable in every input).
     """
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     n, channels, height, width = input.shape
@@ -153,7 +156,9 @@ def deform_conv2d_pytorch(input: Tensor, offset: Tensor, weight: Tensor, bias: T
     rows, cols = _positions(offset.to(position_dtype), (kh, kw), stride, padding, dilation)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, offset, mask))
-    if needs_grad or input.device.type != "cpu":
+    if sampling == "auto":
+        sampling = "grid" if needs_grad or input.device.type != "cpu" else "sparse"
+    if sampling == "grid":
         sampled = _sample_with_grid(input, rows, cols)
         if mask is not None:
             ho, wo = offset.shape[-2:]
@@ -169,32 +174,18 @@ def deform_conv2d_pytorch(input: Tensor, offset: Tensor, weight: Tensor, bias: T
     return out.contiguous()
 
 
-class _OnnxDeformConv(torch.autograd.Function):
-    """What the TorchScript-based ONNX exporter records: one ``DeformConv`` node (opset >= 19)."""
+@torch.library.custom_op("solov2::deform_conv2d", mutates_args=())
+def _deform_conv2d_op(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, mask: Tensor | None,
+                      stride: list[int], padding: list[int], dilation: list[int], groups: int,
+                      deform_groups: int) -> Tensor:
+    """``deform_conv2d_pytorch`` as one opaque operator: what ONNX export traces, so that
+    ``solov2.export.deform_conv_symbolic`` can write it as one ``DeformConv`` node."""
+    return deform_conv2d_pytorch(input, offset, weight, bias, tuple(stride), tuple(padding), tuple(dilation), mask)
 
-    @staticmethod
-    def forward(ctx, input, offset, weight, bias, stride, padding, dilation, mask):  # type: ignore[override]
-        return deform_conv2d_pytorch(input, offset, weight, bias, stride, padding, dilation, mask)
 
-    @staticmethod
-    def symbolic(g, input, offset, weight, bias, stride, padding, dilation, mask):  # type: ignore[no-untyped-def]
-        """ONNX inputs X, W, offset, B, mask; attributes as ONNX's DeformConv defines them."""
-        from torch.onnx import symbolic_helper
-
-        out_channels, group_channels, kh, kw = symbolic_helper._get_tensor_sizes(weight)
-        channels = symbolic_helper._get_tensor_sizes(input)[1]
-        offset_channels = symbolic_helper._get_tensor_sizes(offset)[1]
-        if bias is None or symbolic_helper._is_none(bias):
-            bias = g.op("Constant", value_t=torch.zeros(out_channels))
-        inputs = [input, weight, offset, bias]
-        if mask is not None and not symbolic_helper._is_none(mask):
-            inputs.append(mask)
-        return g.op(
-            "DeformConv", *inputs,
-            dilations_i=list(dilation), group_i=channels // group_channels,
-            kernel_shape_i=[kh, kw], offset_group_i=offset_channels // (2 * kh * kw),
-            pads_i=[padding[0], padding[1], padding[0], padding[1]], strides_i=list(stride),
-        )
+@_deform_conv2d_op.register_fake
+def _(input, offset, weight, bias, mask, stride, padding, dilation, groups, deform_groups):  # type: ignore[no-untyped-def]
+    return input.new_empty(input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3])
 
 
 def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -202,13 +193,17 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | 
                   dilation: int | tuple[int, int] = 1, mask: Tensor | None = None) -> Tensor:
     """Deformable convolution, torchvision's when it imports, else ``deform_conv2d_pytorch``.
 
-    Exported to ONNX as one ``DeformConv`` node (opset 19) by ``solov2.export``.
+    Exported to ONNX as one ``DeformConv`` node (opset 19) by ``solov2.export`` (the custom
+    operator ``solov2::deform_conv2d`` and its symbolic in ``solov2.export.deform_conv_symbolic``).
     """
     global last_backend
     if torch.onnx.is_in_onnx_export():
         last_backend = "onnx"
-        return _OnnxDeformConv.apply(input, offset, weight, bias, _pair(stride), _pair(padding),
-                                     _pair(dilation), mask)
+        # Channel counts are static: plain ints (attributes of the node), not traced shapes.
+        groups = int(input.shape[1]) // int(weight.shape[1])
+        deform_groups = int(offset.shape[1]) // (2 * int(weight.shape[2]) * int(weight.shape[3]))
+        return _deform_conv2d_op(input, offset, weight, bias, mask, list(_pair(stride)), list(_pair(padding)),
+                                 list(_pair(dilation)), groups, deform_groups)
     if _torchvision_deform_conv2d is not None:  # pragma: no cover - needs torchvision
         last_backend = "torchvision"
         return _torchvision_deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
@@ -245,9 +240,9 @@ class DeformConv2dPack(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Weight uniform(+-1/sqrt(fan_in)) as mmcv's DeformConv2d, offsets zero."""
-        fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
-        bound = 1.0 / math.sqrt(fan_in)
+        """Weight uniform(+-1/sqrt(in_channels * k * k)) as mmcv's DeformConv2d (groups not
+        counted), bias and offsets zero."""
+        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
@@ -277,6 +272,18 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
     def offsets_and_mask(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         o1, o2, mask = torch.chunk(self.conv_offset(x), 3, dim=1)
         return torch.cat((o1, o2), dim=1), torch.sigmoid(mask)
+
+
+DCN_TYPES = ("none", "v1", "v2")
+
+
+def zero_offsets(module: nn.Module) -> None:
+    """Zero the ``conv_offset`` of every deformable conv in ``module`` (they then start as
+    plain convs), after an initialisation that reached every ``nn.Conv2d``."""
+    for m in module.modules():
+        if isinstance(m, DeformConv2dPack):
+            nn.init.zeros_(m.conv_offset.weight)
+            nn.init.zeros_(m.conv_offset.bias)
 
 
 def make_conv(dcn: str, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
