@@ -56,7 +56,6 @@ def bench_layer(channels: int, height: int, width: int, repeats: int) -> None:
 def bench_train_step(size: int, steps: int) -> None:
     from solov2.config import load_config
     from solov2.model import SOLOv2
-    from solov2.model.losses import solov2_loss  # noqa: F401 - imported to fail early if missing
 
     torch.manual_seed(0)
     images = torch.randn(1, 3, size, size)
