@@ -63,9 +63,12 @@ def _feeds(x, weight, bias, offset, mask):
 
 
 def _ours(x, weight, bias, offset, mask, stride, padding, dilation, grad):
-    """Our output, through the gradient path (``grid_sample``) or the inference path (sparse)."""
+    """Our output through ``grid_sample`` (``grad`` True, with gradients) or the sparse
+    product (without); both paths are also checked with gradients in gradcheck."""
     x = x.clone().requires_grad_(grad)
-    return deform_conv2d_pytorch(x, offset, weight, bias, stride, padding, dilation, mask).detach().numpy()
+    sampling = "grid" if grad else "sparse"
+    return deform_conv2d_pytorch(x, offset, weight, bias, stride, padding, dilation, mask,
+                                 sampling=sampling).detach().numpy()
 
 
 @pytest.mark.parametrize("modulated", [False, True])
@@ -141,10 +144,24 @@ def test_gradcheck_input_offset_mask_weight():
               + torch.randint(-2, 2, (1, 36, 5, 6), generator=g)).requires_grad_(True)
     mask = torch.rand(1, 2 * 9, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
 
-    def fn(x, offset, mask, weight, bias):
-        return deform_conv2d_pytorch(x, offset, weight, bias, 1, 1, 1, mask)
+    for sampling in ("sparse", "grid"):
+        def fn(x, offset, mask, weight, bias):
+            return deform_conv2d_pytorch(x, offset, weight, bias, 1, 1, 1, mask, sampling=sampling)
 
-    assert torch.autograd.gradcheck(fn, (x, offset, mask, weight, bias), eps=1e-6, atol=1e-5)
+        assert torch.autograd.gradcheck(fn, (x, offset, mask, weight, bias), eps=1e-6, atol=1e-5), sampling
+
+
+def test_sparse_and_grid_paths_give_the_same_gradients():
+    x, weight, bias, offset, mask = _random_case(3, 2, 1, 1, 2, 2, seed=4)
+    grads = []
+    for sampling in ("sparse", "grid"):
+        inputs = [t.clone().requires_grad_(True) for t in (x, offset, mask, weight, bias)]
+        out = deform_conv2d_pytorch(inputs[0], inputs[1], inputs[3], inputs[4], 2, 1, 1, inputs[2],
+                                    sampling=sampling)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([t.grad for t in inputs])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_offsets_learn_from_zero_initialisation():

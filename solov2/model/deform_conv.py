@@ -11,11 +11,13 @@ and of ONNX's ``DeformConv`` (opset 19):
   ``(ho * sh - ph + i * dh + dy, wo * sw - pw + j * dw + dx)`` bilinearly, zero outside the map.
 
 When ``torchvision.ops.deform_conv2d`` imports it is used (``BACKEND == "torchvision"``);
-otherwise the pure PyTorch path runs (``BACKEND == "pytorch"``): all kh * kw taps of every
-deformable group are sampled in one ``grid_sample`` call (the bilinear weights are computed
-once per tap and position for all channels) into an im2col buffer that one batched matmul
-multiplies with the weight. Both are differentiable by autograd, run on any device and
-under autocast (the sampling runs in the input's dtype).
+otherwise the pure PyTorch path runs (``BACKEND == "pytorch"``): the samples of all
+kh * kw taps (bilinear weights computed once per tap and position for all channels, times
+the mask) are laid out as an image of kh x kw times the output size, which one ordinary
+convolution with stride (kh, kw) multiplies with the weight. On the CPU the samples come
+from one sparse matrix product with the channels-last input (a custom autograd function),
+elsewhere from one ``grid_sample`` call. Both are differentiable, run on any device and
+under autocast (sampling in float32 at least).
 
 ``DeformConv2dPack`` (v1) and ``ModulatedDeformConv2dPack`` (v2) hold the weight under the
 layer's own name and a zero-initialised companion ``conv_offset`` that predicts the offsets
@@ -48,15 +50,15 @@ last_backend: str = ""
 _local = threading.local()
 
 
-def _workspace(numel: int, device: torch.device) -> Tensor:
-    """A float32 buffer of ``numel`` elements, reused by the calls of this thread on ``device``
-    (its contents are only valid until the next call)."""
+def _workspace(numel: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A buffer of ``numel`` elements, reused by the calls of this thread on ``device`` with
+    ``dtype`` (its contents are only valid until the next call)."""
     buffers = _local.__dict__.setdefault("buffers", {})
-    buffer = buffers.get(device)
+    buffer = buffers.get((device, dtype))
     if buffer is None or buffer.numel() < numel:
         with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
-            buffer = torch.empty(numel, device=device, dtype=torch.float32)
-        buffers[device] = buffer
+            buffer = torch.empty(numel, device=device, dtype=dtype)
+        buffers[(device, dtype)] = buffer
     return buffer[:numel]
 
 
@@ -81,20 +83,65 @@ def _positions(offset: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
 
 def _sample_with_grid(input: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """Bilinear samples (N, C, Ho * kh, Wo * kw), zero outside the map, by ``grid_sample``:
-    tap (i, j) of output (ho, wo) at row ho * kh + i, column wo * kw + j."""
+    tap (i, j) of output (ho, wo) at row ho * kh + i, column wo * kw + j. Sampled in float32
+    at least (positions in half precision would be off by a tenth of a pixel on large maps),
+    returned in the input's dtype."""
     n, channels, height, width = input.shape
     dg, ho, kh, wo, kw = rows.shape[1:]
     grid = torch.stack([(2 * cols + 1) / width - 1, (2 * rows + 1) / height - 1], dim=-1)
-    grid = grid.reshape(n * dg, ho * kh, wo * kw, 2).to(input.dtype)
-    sampled = F.grid_sample(input.reshape(n * dg, channels // dg, height, width), grid,
-                            mode="bilinear", padding_mode="zeros", align_corners=False)
-    return sampled.view(n, channels, ho * kh, wo * kw)
+    grid = grid.reshape(n * dg, ho * kh, wo * kw, 2)
+    pixels = input.reshape(n * dg, channels // dg, height, width).to(grid.dtype)
+    with torch.autocast(input.device.type, enabled=False):
+        sampled = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return sampled.view(n, channels, ho * kh, wo * kw).to(input.dtype)
+
+
+def _csr(index: Tensor, weight: Tensor, rows: int, cols: int) -> Tensor:
+    """The (rows, cols) sparse matrix with entries ``weight`` (rows, 4) at columns ``index``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(
+            torch.arange(0, 4 * rows + 1, 4, device=index.device, dtype=torch.int32),
+            index.reshape(-1), weight.reshape(-1), (rows, cols),
+        )
+
+
+class _SparseSample(torch.autograd.Function):
+    """(R, 4) corner weights at (R, 4) pixel indices times (P, C) pixels -> (R, C) samples,
+    as one sparse matrix product. Backward: pixels' gradient by the transposed product,
+    weights' gradient by a sampled dense product (each entry's dot product only)."""
+
+    @staticmethod
+    def forward(ctx, pixels, weight, index, reuse):  # type: ignore[override]
+        matrix = _csr(index, weight, weight.shape[0], pixels.shape[0])
+        if reuse:  # no gradient: a reused buffer (allocating the large result costs more than the product)
+            out = _workspace(weight.shape[0] * pixels.shape[1], pixels.device, pixels.dtype)
+            out = out.view(weight.shape[0], pixels.shape[1])
+        else:
+            out = pixels.new_empty(weight.shape[0], pixels.shape[1])
+        torch.addmm(out, matrix, pixels, beta=0, out=out)
+        ctx.save_for_backward(pixels, weight, index)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        pixels, weight, index = ctx.saved_tensors
+        grad = grad.contiguous().to(pixels.dtype)
+        matrix = _csr(index, weight, weight.shape[0], pixels.shape[0])
+        grad_pixels = grad_weight = None
+        with torch.autocast(pixels.device.type, enabled=False), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            if ctx.needs_input_grad[0]:
+                grad_pixels = matrix.t() @ grad
+            if ctx.needs_input_grad[1]:
+                grad_weight = torch.sparse.sampled_addmm(matrix, grad, pixels.t(), beta=0.0).values().view_as(weight)
+        return grad_pixels, grad_weight, None, None
 
 
 def _sample_with_sparse(input: Tensor, rows: Tensor, cols: Tensor, mask: Tensor | None) -> Tensor:
     """As ``_sample_with_grid`` times the mask, as one sparse (4 entries a row) matrix product
-    with the channels-last input; returns a channels-last tensor. Not differentiable in the
-    offsets: used when no gradient is needed."""
+    with the channels-last input (``_SparseSample``); returns a channels-last tensor.
+    Differentiable: the corner weights are ordinary tensor functions of the offsets and mask."""
     n, channels, height, width = input.shape
     dg, ho, kh, wo, kw = rows.shape[1:]
     y0, x0 = rows.floor(), cols.floor()
@@ -108,21 +155,14 @@ def _sample_with_sparse(input: Tensor, rows: Tensor, cols: Tensor, mask: Tensor 
             corner_index.append(y.clamp(0, height - 1) * width + x.clamp(0, width - 1))
     weight = torch.stack(corner_weight, dim=-1)  # (N, dg, Ho, kh, Wo, kw, 4)
     if mask is not None:
-        weight = weight * mask.view(n, dg, kh, kw, ho, wo).permute(0, 1, 4, 2, 5, 3).unsqueeze(-1)
+        weight = weight * mask.view(n, dg, kh, kw, ho, wo).permute(0, 1, 4, 2, 5, 3).unsqueeze(-1).to(weight.dtype)
     plane = torch.arange(n * dg, device=input.device).view(n, dg, 1, 1, 1, 1, 1) * (height * width)
-    index = torch.stack(corner_index, dim=-1).long() + plane
-    count = index.numel() // 4
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        matrix = torch.sparse_csr_tensor(
-            torch.arange(0, 4 * count + 1, 4, device=input.device, dtype=torch.int32),
-            index.reshape(-1).to(torch.int32), weight.reshape(-1).float(), (count, n * dg * height * width),
-        )
-    pixels = input.float().reshape(n, dg, channels // dg, height * width).permute(0, 1, 3, 2)
-    # Into a reused buffer: allocating (and first touching) the k*k times larger result costs
-    # more than the product itself.
-    sampled = _workspace(count * (channels // dg), input.device).view(count, channels // dg)
-    torch.addmm(sampled, matrix, pixels.reshape(n * dg * height * width, channels // dg), beta=0, out=sampled)
+    index = (torch.stack(corner_index, dim=-1).long() + plane).to(torch.int32)
+    pixels = input.to(weight.dtype).reshape(n, dg, channels // dg, height * width).permute(0, 1, 3, 2)
+    reuse = not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad))
+    with torch.autocast(input.device.type, enabled=False):  # sparse products have no half kernels
+        sampled = _SparseSample.apply(pixels.reshape(n * dg * height * width, channels // dg),
+                                      weight.reshape(-1, 4), index.reshape(-1, 4), reuse)
     sampled = sampled.view(n, dg, ho * kh, wo * kw, channels // dg).permute(0, 2, 3, 1, 4)
     sampled = sampled.reshape(n, ho * kh, wo * kw, channels).permute(0, 3, 1, 2)
     return sampled.to(input.dtype)
@@ -136,9 +176,9 @@ def deform_conv2d_pytorch(input: Tensor, offset: Tensor, weight: Tensor, bias: T
 
     The samples of all taps are laid out as an image of (Ho * kh, Wo * kw) pixels, tap (i, j)
     of output (ho, wo) at (ho * kh + i, wo * kw + j), and one ordinary convolution with stride
-    (kh, kw) and no padding applies the weight. ``sampling="auto"``: on the CPU without
-    gradients the samples come from one sparse matrix product (``"sparse"``), otherwise from
-    ``grid_sample`` (``"grid"``, differentiable in every input).
+    (kh, kw) and no padding applies the weight. The samples come from one sparse matrix
+    product (``sampling="sparse"``, the default on the CPU) or from ``grid_sample``
+    (``"grid"``, the default elsewhere); both are differentiable in every input.
     """
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     n, channels, height, width = input.shape
@@ -154,10 +194,8 @@ def deform_conv2d_pytorch(input: Tensor, offset: Tensor, weight: Tensor, bias: T
         )
     position_dtype = torch.promote_types(offset.dtype, torch.float32)
     rows, cols = _positions(offset.to(position_dtype), (kh, kw), stride, padding, dilation)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, offset, mask))
     if sampling == "auto":
-        sampling = "grid" if needs_grad or input.device.type != "cpu" else "sparse"
+        sampling = "sparse" if input.device.type == "cpu" else "grid"
     if sampling == "grid":
         sampled = _sample_with_grid(input, rows, cols)
         if mask is not None:
