@@ -53,6 +53,26 @@ def bench_layer(channels: int, height: int, width: int, repeats: int) -> None:
         print(f"  {name:10s} {t * 1000:8.1f} ms   ratio to conv2d {t / times['conv2d']:.2f}")
 
 
+def bench_layer_training(channels: int, height: int, width: int, repeats: int) -> None:
+    """Forward + backward of one layer (input, weight, offsets and mask all need gradients)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, channels, height, width, requires_grad=True)
+    weight = (torch.randn(channels, channels, 3, 3) * 0.02).requires_grad_(True)
+    offset = torch.randn(1, 18, height, width, requires_grad=True)
+    mask = torch.rand(1, 9, height, width).requires_grad_(True)
+
+    def plain() -> None:
+        F.conv2d(x, weight, padding=1).sum().backward()
+
+    def deform() -> None:
+        deform_conv.deform_conv2d(x, offset, weight, padding=1, mask=mask).sum().backward()
+
+    times = _median_interleaved({"conv2d": plain, "deform v2": deform}, repeats)
+    print(f"layer forward + backward, same shape, median of {repeats}:")
+    for name, t in times.items():
+        print(f"  {name:10s} {t * 1000:8.1f} ms   ratio to conv2d {t / times['conv2d']:.2f}")
+
+
 def bench_train_step(size: int, steps: int) -> None:
     from solov2.config import load_config
     from solov2.model import SOLOv2
@@ -95,6 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bench_layer(args.channels, args.height, args.width, args.repeats)
+    bench_layer_training(args.channels, args.height, args.width, max(3, args.repeats // 2))
     if args.train_step:
         bench_train_step(args.train_size, args.train_steps)
 

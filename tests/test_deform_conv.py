@@ -134,10 +134,11 @@ def test_integer_offsets_shift_the_sampling_positions():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-def test_gradcheck_input_offset_mask_weight():
+@pytest.mark.parametrize("groups", [1, 2])
+def test_gradcheck_input_offset_mask_weight(groups):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 4, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 4 // groups, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
     # Fractional offsets away from integers, where bilinear sampling is not differentiable.
     offset = (torch.rand(1, 2 * 2 * 9, 5, 6, generator=g, dtype=torch.float64) * 0.8 + 0.1
