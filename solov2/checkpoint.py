@@ -225,13 +225,17 @@ def load_weights(
 
     Strict: missing, unexpected or mis-shaped keys raise CheckpointError listing them. A
     different class count skips only the category output layer (with a warning) when
-    ``allow_class_mismatch``; ``backbone_only`` loads and checks the ``backbone.`` keys alone.
+    ``allow_class_mismatch``; ``backbone_only`` loads and checks the ``backbone.`` keys alone,
+    and a deformable backbone's offset convs (``.conv_offset.``), which ImageNet files do not
+    have, keep their zero initialisation when the file lacks them (as the release does).
     """
     own = model.state_dict()
     if backbone_only:
         own = {k: v for k, v in own.items() if k.startswith("backbone.")}
         state_dict = {k: v for k, v in state_dict.items() if k.startswith("backbone.")}
     missing = sorted(set(own) - set(state_dict))
+    if backbone_only and not any(".conv_offset." in k for k in state_dict):
+        missing = [k for k in missing if ".conv_offset." not in k]
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(
         k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape)
