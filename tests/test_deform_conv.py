@@ -231,3 +231,5 @@ def test_inconsistent_shapes_raise():
     x, weight, bias, offset, mask = _random_case(3, 1, 1, 1, 1, 1)
     with pytest.raises(ValueError, match="inconsistent shapes"):
         deform_conv2d_pytorch(x, offset[:, :17], weight, bias, 1, 1, 1, mask)
+    with pytest.raises(ValueError, match="inconsistent shapes"):  # offsets for another output size
+        deform_conv2d_pytorch(x, offset[..., :-1], weight, bias, 1, 1, 1, mask[..., :-1])

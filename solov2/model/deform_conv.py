@@ -213,7 +213,10 @@ def deform_conv2d_pytorch(input: Tensor, offset: Tensor, weight: Tensor, bias: T
     out_channels, group_channels, kh, kw = weight.shape
     taps = kh * kw
     dg = offset.shape[1] // (2 * taps)
-    if (offset.dim() != 4 or offset.shape[0] != n or channels % group_channels or dg < 1
+    out_size = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                     for size, p, d, k, s in zip((height, width), padding, dilation, (kh, kw), stride))
+    if (offset.dim() != 4 or offset.shape[0] != n or tuple(offset.shape[2:]) != out_size
+            or channels % group_channels or dg < 1
             or offset.shape[1] != 2 * dg * taps or channels % dg
             or (mask is not None and mask.shape[1] != dg * taps)):
         raise ValueError(
