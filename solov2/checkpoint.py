@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import safe_unpickle
 from .atomic import atomic_open
 
 OWN_FORMAT = "solov2"
@@ -116,10 +117,28 @@ def _rename(key: str, rules: list[tuple[str, str]]) -> str:
     return key
 
 
+_OLD_OFFSET = re.compile(r"^(.+)_offset\.(weight|bias)$")
+
+
+def rename_old_offset_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The older spelling of a deformable conv's offset conv, ``<name>_offset.*`` (e.g.
+    ``layer2.0.conv2_offset.weight``), as ``<name>.conv_offset.*``, as mmcv's loaders do.
+    Renamed only where ``<name>.weight`` exists (the deformable conv itself), so the current
+    spelling ``<name>.conv_offset.*`` is never touched."""
+    out = {}
+    for key, value in state_dict.items():
+        match = _OLD_OFFSET.match(key)
+        if match and f"{match.group(1)}.weight" in state_dict:
+            key = f"{match.group(1)}.conv_offset.{match.group(2)}"
+        out[key] = value
+    return out
+
+
 def convert_state_dict(state_dict: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
     """Rename a foreign state dict's keys to this project's names."""
     if fmt == OWN_FORMAT:
         return dict(state_dict)
+    state_dict = rename_old_offset_keys(state_dict)
     if fmt == "torchvision":
         return {f"backbone.{k}": v for k, v in state_dict.items() if not k.startswith("fc.")}
     rules = RENAME_RULES[fmt]
@@ -142,31 +161,28 @@ def _numpy_reconstructors() -> list[Any]:
 
 def _read(path: Path, trust_pickle: bool) -> Any:
     """torch.load without running code from the file (``weights_only``: tensors, plain Python
-    values, NumPy arrays); files that need more are refused unless ``trust_pickle``."""
+    values, NumPy arrays). Files that hold other objects (mmengine's ``message_hub`` and the
+    like) are read by ``solov2.safe_unpickle``, which stands in inert placeholders for them;
+    ``trust_pickle`` unpickles everything instead."""
     try:
         with torch.serialization.safe_globals(_numpy_reconstructors()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise  # a corrupt file
-        if not trust_pickle:
-            try:
-                names = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "unknown"
-            except Exception:  # only zip-format files can be listed
-                names = "unknown"
-            raise CheckpointError(
-                f"{path}: holds Python objects other than tensors, plain values and NumPy arrays "
-                f"({names}); unpickling them could run code from the file. If you trust the file, "
-                f"set {TRUST_PICKLE_ENV}=1 to load it anyway"
-            ) from err
-    return torch.load(path, map_location="cpu", weights_only=False)
+    if trust_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False,
+                      pickle_module=safe_unpickle.module(_numpy_reconstructors()))
 
 
 def load_checkpoint(path: str | Path, trust_pickle: bool | None = None) -> LoadedCheckpoint:
     """Read a weights file of any supported format; raises CheckpointError naming the file.
 
-    Files are read without running code from them. One that holds other Python objects is
-    refused unless ``trust_pickle`` (default: the environment variable SOLOV2_TRUST_PICKLE=1).
+    Files are read without running code from them: other Python objects beside the weights
+    (mmengine's ``message_hub``, optimizer objects ...) come back as inert placeholders
+    (``solov2.safe_unpickle``). ``trust_pickle`` (default: the environment variable
+    SOLOV2_TRUST_PICKLE=1) unpickles them for real instead.
     """
     path = Path(path)
     if not path.is_file():
@@ -187,7 +203,10 @@ def load_checkpoint(path: str | Path, trust_pickle: bool | None = None) -> Loade
     else:
         state_dict = raw.get("state_dict", raw.get("model", raw))
         if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-            raise CheckpointError(f"{path}: no state dict of tensors found in the file")
+            found = sorted({safe_unpickle.describe(v) for v in getattr(state_dict, "values", list)()
+                            if not isinstance(v, Tensor)})[:5]
+            raise CheckpointError(f"{path}: no state dict of tensors found in the file"
+                                  + (f" (it holds {', '.join(found)})" if found else ""))
         state_dict = _strip_module_prefix(state_dict)
         try:
             fmt = detect_format(state_dict)
@@ -207,13 +226,17 @@ def load_weights(
 
     Strict: missing, unexpected or mis-shaped keys raise CheckpointError listing them. A
     different class count skips only the category output layer (with a warning) when
-    ``allow_class_mismatch``; ``backbone_only`` loads and checks the ``backbone.`` keys alone.
+    ``allow_class_mismatch``; ``backbone_only`` loads and checks the ``backbone.`` keys alone,
+    and a deformable backbone's offset convs (``.conv_offset.``), which ImageNet files do not
+    have, keep their zero initialisation when the file lacks them (as the release does).
     """
     own = model.state_dict()
     if backbone_only:
         own = {k: v for k, v in own.items() if k.startswith("backbone.")}
         state_dict = {k: v for k, v in state_dict.items() if k.startswith("backbone.")}
     missing = sorted(set(own) - set(state_dict))
+    if backbone_only and not any(".conv_offset." in k for k in state_dict):
+        missing = [k for k in missing if ".conv_offset." not in k]
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(
         k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape)
@@ -232,6 +255,7 @@ def load_weights(
             lines.append(
                 f"  shape mismatch {k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
             )
+        lines += _dcn_hints(state_dict, own, missing + unexpected + mismatched)
         lines.append("  (is --config the preset these weights were trained with?)")
         raise CheckpointError("\n".join(lines))
     if skipped:  # warned only when the rest loads: an error follows otherwise
@@ -244,6 +268,28 @@ def load_weights(
     to_load = {k: v for k, v in state_dict.items() if k not in skipped}
     model.load_state_dict(to_load, strict=False)
     return skipped
+
+
+def _dcn_hints(state_dict: dict[str, Tensor], own: dict[str, Tensor], bad_keys: list[str]) -> list[str]:
+    """Lines that say how the file's deformable convolutions differ from the model's."""
+    offsets = [k for k in bad_keys if ".conv_offset." in k]
+    if not offsets:
+        return []
+    hints = []
+    for key in offsets:
+        if key in state_dict and key in own and key.endswith(".weight"):
+            kernel = state_dict[key].shape[-1] * state_dict[key].shape[-2]
+            file_v, model_v = (("v2" if t.shape[0] % (3 * kernel) == 0 else "v1") for t in (state_dict[key], own[key]))
+            if file_v != model_v:
+                hints.append(f"  the file's deformable convs are DCN {file_v}, the model's {model_v} ({key})")
+                break
+    if any(k in own and k not in state_dict for k in offsets):
+        hints.append("  the model has deformable convs where the file has plain ones")
+    if any(k in state_dict and k not in own for k in offsets):
+        hints.append("  the file has deformable convs where the model has plain ones")
+    hints.append("  DCN presets: light_512_dcn_r50 (authors' light DCN, v1), light_512_dcn_r50_mmdet "
+                 "(mmdetection's light R50-DCN, v2), r101_dcn_3x, x101_dcn_3x")
+    return hints
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:

@@ -55,9 +55,8 @@ def checked(
 class ModelConfig:
     # ResNet depth: 18, 34, 50 or 101.
     backbone_depth: int = checked(18, choices=(18, 34, 50, 101))
-    # Stages (1-4) of the backbone that use deformable convolution; the DCN presets need it.
-    backbone_dcn_stages: list[int] = field(default_factory=list)
-    head_dcn: bool = False
+    # Backbone stages (1-4) whose bottleneck conv2 is deformable (backbone_dcn); the DCN presets: [2, 3, 4].
+    backbone_dcn_stages: list[int] = checked(list, min=1, max=4)
     # Backbone stages kept frozen in training: -1 none, 0 the stem, k the stem and stages 1..k (0-4).
     frozen_stages: int = checked(1, min=-1, max=4)
     # Keep every backbone BatchNorm in eval mode (frozen statistics) while training, as the release.
@@ -93,6 +92,18 @@ class ModelConfig:
     # The dataset category id of each label, for results.json; empty: COCO's ids (1..90 with gaps)
     # for 80 classes, 1..num_classes otherwise.
     category_ids: list[int] = field(default_factory=list)
+    # ResNeXt cardinality: groups of the bottleneck conv2 (1: ResNet; X101 64x4d: 64).
+    backbone_groups: int = checked(1, min=1)
+    # ResNeXt channels per group at stage 1 (64: ResNet; X101 64x4d: 4).
+    backbone_width_per_group: int = checked(64, min=1)
+    # Deformable conv2 in backbone_dcn_stages: "none", "v1" (DCN) or "v2" (DCNv2, modulated).
+    backbone_dcn: str = checked("none", choices=("none", "v1", "v2"))
+    # Deformable tower convs (kernel and category branches): "none", "v1" or "v2".
+    head_dcn: str = checked("none", choices=("none", "v1", "v2"))
+    # true: every tower conv deformable; false: only the last one.
+    head_dcn_all_convs: bool = False
+    # Every mask-feature-branch conv deformable (the final 1x1 too): "none", "v1" or "v2".
+    mask_branch_dcn: str = checked("none", choices=("none", "v1", "v2"))
 
 
 @dataclass
@@ -210,6 +221,9 @@ class TrainConfig:
     health_category_collapse: float = checked(0.1, min=0, max=1)
     # Warn below this many positive cells per instance (window mean).
     health_min_cells_per_instance: float = checked(1.0, min=0)
+    # Dice loss divisor: "pairs", the number of (cell, instance) pairs (the authors' release,
+    # mmdetection 2.x), or "positive_cells", the number of positive grid cells (mmdetection 3.x).
+    dice_normalizer: str = checked("pairs", choices=("pairs", "positive_cells"))
 
 
 @dataclass

@@ -24,6 +24,7 @@ from solov2.checkpoint import (
 )
 from solov2.config import load_config
 from solov2.model import SOLOv2
+from solov2.safe_unpickle import Placeholder
 
 KEY_FILES = {
     "official": "keys-official-solo-light-r18.json",
@@ -323,25 +324,40 @@ class WritesAFileWhenUnpickled:
         return (type(self.marker).write_text, (self.marker, "code from the file ran"))
 
 
-def test_files_that_would_run_code_are_refused_unless_trusted(source, to_foreign, tmp_path, monkeypatch):
+def test_files_that_would_run_code_load_their_weights_without_running_it(source, to_foreign, tmp_path,
+                                                                         monkeypatch):
     model, images, expected = source
     marker = tmp_path / "marker.txt"
     path = tmp_path / "foreign.pth"
     torch.save({"state_dict": to_foreign(model.state_dict(), "official"),
                 "meta": {"hook": WritesAFileWhenUnpickled(marker)}}, path)
     monkeypatch.delenv("SOLOV2_TRUST_PICKLE", raising=False)
-    with pytest.raises(CheckpointError, match="SOLOV2_TRUST_PICKLE=1") as info:
-        load_checkpoint(path)
-    assert str(path) in str(info.value) and "pathlib" in str(info.value)  # what the file would call
+    loaded = load_checkpoint(path)
     assert not marker.exists()  # nothing from the file ran
-    loaded = load_checkpoint(path, trust_pickle=True)
-    assert marker.read_text() == "code from the file ran" and loaded.format == "official"
-    marker.unlink()
-    monkeypatch.setenv("SOLOV2_TRUST_PICKLE", "1")
-    assert load_checkpoint(path).format == "official" and marker.exists()
+    assert loaded.format == "official"
+    hook = loaded.raw["meta"]["hook"]
+    # Path.write_text is pickled as a getattr call: getattr is not called, nor what it returns.
+    assert isinstance(hook, Placeholder) and hook.qualified_name == "__builtin__.getattr()"
     target = fresh_model()
     load_weights(target, loaded.state_dict, source=str(path))
     assert_same_outputs(target, images, expected)
+    # Trusted, the file is unpickled for real (and its code runs).
+    assert load_checkpoint(path, trust_pickle=True).format == "official"
+    assert marker.read_text() == "code from the file ran"
+    marker.unlink()
+    monkeypatch.setenv("SOLOV2_TRUST_PICKLE", "1")
+    assert load_checkpoint(path).format == "official" and marker.exists()
+
+
+def test_code_in_place_of_the_weights_is_an_error(tmp_path, monkeypatch):
+    marker = tmp_path / "marker.txt"
+    path = tmp_path / "bad.pth"
+    torch.save({"state_dict": {"backbone.conv1.weight": WritesAFileWhenUnpickled(marker)}}, path)
+    monkeypatch.delenv("SOLOV2_TRUST_PICKLE", raising=False)
+    with pytest.raises(CheckpointError, match="no state dict of tensors") as info:
+        load_checkpoint(path)
+    assert "getattr" in str(info.value) and str(path) in str(info.value)
+    assert not marker.exists()
 
 
 def test_numpy_values_load_without_trust(source, tmp_path, monkeypatch):

@@ -18,8 +18,8 @@ from solov2.config import (
 )
 
 PRESETS = [
-    "light_448_r18", "light_448_r34", "light_448_r50", "light_512_dcn_r50",
-    "r50_1x", "r50_3x", "r101_3x", "r101_dcn_3x",
+    "light_448_r18", "light_448_r34", "light_448_r50", "light_512_dcn_r50", "light_512_dcn_r50_mmdet",
+    "r50_1x", "r50_3x", "r101_3x", "r101_dcn_3x", "x101_3x", "x101_dcn_3x",
 ]
 
 LIGHT_RANGES = [[1, 56], [28, 112], [56, 224], [112, 448], [224, 896]]
@@ -38,6 +38,19 @@ TABLE = {
     "r50_3x": (50, False, 4, 512, 256, 128, BIG_RANGES, [1333, 800], [800, 768, 736, 704, 672, 640], 36, [27, 33]),
     "r101_3x": (101, False, 4, 512, 256, 128, BIG_RANGES, [1333, 800], [800, 768, 736, 704, 672, 640], 36, [27, 33]),
     "r101_dcn_3x": (101, True, 4, 512, 256, 128, BIG_RANGES, [1333, 800], [800, 768, 736, 704, 672, 640], 36, [27, 33]),
+}
+TABLE["light_512_dcn_r50_mmdet"] = TABLE["light_512_dcn_r50"]
+TABLE["x101_3x"] = TABLE["r101_3x"]
+TABLE["x101_dcn_3x"] = TABLE["r101_dcn_3x"]
+
+# REFERENCE.md section 8, as the sources' configs: backbone DCN, tower DCN, all tower convs,
+# mask branch DCN, ResNeXt (groups, width per group).
+DCN_TABLE = {
+    "light_512_dcn_r50": ("v1", "v1", False, "none", 1, 64),
+    "light_512_dcn_r50_mmdet": ("v2", "v2", False, "none", 1, 64),
+    "r101_dcn_3x": ("v2", "v2", True, "v2", 1, 64),
+    "x101_dcn_3x": ("v2", "v2", True, "v2", 64, 4),
+    "x101_3x": ("none", "none", False, "none", 64, 4),
 }
 
 
@@ -65,9 +78,14 @@ def test_preset_matches_reference_table(name):
     m = cfg.model
     assert cfg.name == name
     assert m.backbone_depth == depth
-    assert bool(m.backbone_dcn_stages) == dcn and m.head_dcn == dcn
+    assert bool(m.backbone_dcn_stages) == dcn and (m.head_dcn != "none") == dcn
     if dcn:
         assert m.backbone_dcn_stages == [2, 3, 4]
+    backbone_dcn, head_dcn, all_convs, mask_dcn, groups, width = DCN_TABLE.get(
+        name, ("none", "none", False, "none", 1, 64))
+    assert (m.backbone_dcn, m.head_dcn, m.head_dcn_all_convs, m.mask_branch_dcn) == (
+        backbone_dcn, head_dcn, all_convs, mask_dcn)
+    assert (m.backbone_groups, m.backbone_width_per_group) == (groups, width)
     assert (m.head_stacked_convs, m.head_channels, m.kernel_channels, m.mask_mid_channels) == (
         convs, head_ch, kernel_ch, mid_ch)
     assert m.scale_ranges == ranges

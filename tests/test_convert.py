@@ -110,7 +110,7 @@ def test_convert_solov2_checkpoint_keeps_its_config(source, tmp_path, capsys):
 @pytest.mark.parametrize("args, needle", [
     (["--config", "light_448_r50"], "shape mismatch"),  # wrong preset
     (["model.num_classes=3", "--config", "light_448_r18"], "head.category_pred.weight"),  # classes
-    (["--config", "light_512_dcn_r50"], "deformable convolution"),
+    (["--config", "light_512_dcn_r50"], "the model has deformable convs where the file has plain ones"),
     (["--config", "no_such_preset"], "no_such_preset"),
     (["model.num_classes=3"], "--config"),  # overrides without a config
 ])

@@ -158,3 +158,20 @@ def test_loss_under_bfloat16_autocast_is_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = solov2_loss(outputs, targets, cfg)
     assert losses.total.dtype == torch.float32 and math.isfinite(losses.total.item())
+
+
+def test_dice_normalizer_positive_cells_divides_by_the_positive_cells():
+    """mmdetection 3.x: dice sum / positive cells; the release (default): / (cell, instance) pairs."""
+    outputs, targets = make_case(1)
+    cells, pairs = int(targets.num_positive_cells), targets.num_pairs
+    assert pairs > cells > 0  # some cells belong to two instances: the normalisers differ
+    by_pairs = solov2_loss(outputs, targets, TrainConfig())
+    by_cells = solov2_loss(outputs, targets, TrainConfig(dice_normalizer="positive_cells"))
+    assert by_cells.mask.item() == pytest.approx(by_pairs.mask.item() * pairs / cells, rel=1e-6)
+    assert by_cells.category.item() == pytest.approx(by_pairs.category.item(), rel=1e-6)
+    # The trainer's batch-wide normalisers (one process): the same value.
+    given = solov2_loss(outputs, targets, TrainConfig(dice_normalizer="positive_cells"),
+                        category_normalizer=torch.tensor(cells + 1.0), mask_normalizer=torch.tensor(float(pairs)))
+    assert given.mask.item() == pytest.approx(by_cells.mask.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="train.dice_normalizer"):
+        solov2_loss(outputs, targets, TrainConfig(dice_normalizer="cells"))

@@ -4,20 +4,22 @@ channels, nn.Upsample in the mask feature head, ``scale_factor`` interpolation, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from solov2.config import available_presets, load_config
-from solov2.model import DeformableConvolutionNotAvailable, SOLOv2
+from solov2.config import ConfigError, available_presets, load_config
+from solov2.model import ModelConfigError, SOLOv2
 from solov2.model.heads import SOLOv2Head
 from solov2.model.layers import coordinate_channels, with_coordinates
 from solov2.model.resnet import ResNet
 
 def uses_dcn(name):
     m = load_config(name).model
-    return bool(m.backbone_dcn_stages) or m.head_dcn
+    return m.backbone_dcn != "none" or m.head_dcn != "none" or m.mask_branch_dcn != "none"
 
 
 NON_DCN = [p for p in available_presets() if not uses_dcn(p)]
@@ -26,7 +28,7 @@ DCN = [p for p in available_presets() if uses_dcn(p)]
 
 def test_preset_lists():
     assert {"light_448_r18", "light_448_r34", "light_448_r50", "r50_1x", "r50_3x", "r101_3x"} <= set(NON_DCN)
-    assert {"light_512_dcn_r50", "r101_dcn_3x"} <= set(DCN)
+    assert {"light_512_dcn_r50", "light_512_dcn_r50_mmdet", "r101_dcn_3x", "x101_dcn_3x"} <= set(DCN)
 
 
 def check_shapes(outputs, cfg, n, h, w):
@@ -75,14 +77,27 @@ def test_category_bias_prior():
     torch.testing.assert_close(prob, torch.full_like(prob, 0.01))
 
 
-@pytest.mark.parametrize("name", DCN)
-def test_dcn_presets_raise_a_clear_error(name):
-    cfg = load_config(name)
-    with pytest.raises(DeformableConvolutionNotAvailable) as info:
-        SOLOv2(cfg.model)
-    message = str(info.value)
-    assert "deformable convolution" in message and "dcn" in message
-    assert isinstance(info.value, NotImplementedError)
+@pytest.mark.parametrize("override,key", [
+    ("model.backbone_dcn=v3", "model.backbone_dcn"),
+    ("model.head_dcn=yes", "model.head_dcn"),
+    ("model.backbone_dcn_stages=[5]", "model.backbone_dcn_stages"),
+])
+def test_invalid_dcn_values_are_refused_with_the_config(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config("r101_dcn_3x", [override])
+
+
+@pytest.mark.parametrize("changes,key", [
+    ({"backbone_dcn": "v3"}, "model.backbone_dcn"),  # a ModelConfig built in Python, not validated
+    ({"backbone_dcn_stages": [5]}, "model.backbone_dcn_stages"),
+    ({"backbone_depth": 18}, "model.backbone_dcn"),  # deformable conv2 needs bottleneck blocks
+])
+def test_invalid_dcn_settings_raise_a_clear_error(changes, key):
+    model_cfg = dataclasses.replace(load_config("r101_dcn_3x").model, **changes)
+    with pytest.raises(ModelConfigError) as info:
+        SOLOv2(model_cfg)
+    assert key in str(info.value)
+    assert isinstance(info.value, ValueError)
 
 
 def bn_modules(module):

@@ -173,10 +173,11 @@ def test_predict_foreign_weights_need_config(tmp_path, checkpoint, capsys, photo
     assert "--config" in capsys.readouterr().err
 
 
-def test_predict_dcn_preset_is_a_clear_error(tmp_path, capsys, photos):
-    code = main(["predict", str(photos[0]), "--config", "r101_dcn_3x", "--out", str(tmp_path / "o")])
+def test_predict_wrong_dcn_setting_is_a_clear_error(tmp_path, capsys, photos):
+    code = main(["predict", str(photos[0]), "model.backbone_dcn=v3", "--config", "r101_dcn_3x",
+                 "--out", str(tmp_path / "o")])
     assert code == 2
-    assert "deformable convolution" in capsys.readouterr().err
+    assert "'model.backbone_dcn' must be one of 'none', 'v1', 'v2', got 'v3'" in capsys.readouterr().err
 
 
 def test_predict_nothing_to_do(tmp_path, capsys):

@@ -116,7 +116,7 @@ def convert(input_path: str | Path, output_path: str | Path, config: str | Path 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model import DeformableConvolutionNotAvailable
+    from ..model import ModelConfigError
 
     if Path(args.input).resolve() == Path(args.output).resolve():
         return fail("OUT must differ from IN (the input is kept as it is)")
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(problem)
     try:
         summary = convert(args.input, args.output, args.config, args.overrides)
-    except (CheckpointError, ConfigError, DeformableConvolutionNotAvailable) as err:
+    except (CheckpointError, ConfigError, ModelConfigError) as err:
         return fail(str(err))
     print(f"read {args.input}: {FORMAT_NAMES[summary['format']]} ({summary['format']})")
     if summary["config"]:

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import CategoryMatchError, evaluate_dataset
     from ..engine.predictor import Predictor
     from ..evaluation.coco_eval import AnnotationError, format_metrics, format_per_class
-    from ..model.solov2 import DeformableConvolutionNotAvailable
+    from ..model.solov2 import ModelConfigError
 
     from ..evaluation.scoring import OutputDirError, ScoringError
 
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             distributed=ctx.distributed, precision=args.precision,
         )
     except (ConfigError, CheckpointError, AnnotationError, CategoryMatchError, ImageReadError, OutputDirError,
-            ScoringError, DeformableConvolutionNotAvailable, FileNotFoundError, ValueError) as err:
+            ScoringError, ModelConfigError, FileNotFoundError, ValueError) as err:
         return fail(str(err))
     finally:
         cleanup(ctx)

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.coco import DatasetError
     from ..engine.distributed import resolve_device
     from ..engine.trainer import TrainingError, TrainingInterrupted, train
-    from ..model.solov2 import DeformableConvolutionNotAvailable
+    from ..model.solov2 import ModelConfigError
 
     conflict = _conflicts(args)
     if conflict:
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except (DatasetError, TrainingError, CheckpointError, ConfigError) as err:
         return fail(str(err))
-    except DeformableConvolutionNotAvailable as err:
+    except ModelConfigError as err:
         return fail(str(err))
     if os.environ.get("RANK", "0") == "0":
         print(f"final weights: {final}\nwork dir: {work_dir} (metrics.jsonl, train.log, checkpoints)")

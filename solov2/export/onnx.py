@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ..config import Config, config_from_dict
 from ..model import SOLOv2
 from ..model.fuse import optimize_for_inference
+from .deform_conv_symbolic import opset_for
 
 CONFIG_KEY = "solov2_config"
 FORMAT_KEY = "solov2_onnx_format"
@@ -74,7 +75,8 @@ def export_onnx(
     ``height`` x ``width`` is only the tracing size (multiples of the size divisor): the
     exported graph accepts any batch, height and width that are multiples of 32. With
     ``postprocess``, the graph is the whole inference after preprocessing, batch 1
-    (``solov2.export.onnx_postprocess``).
+    (``solov2.export.onnx_postprocess``). Models with deformable convolutions are written
+    with opset 19 at least (``DeformConv``).
     """
     divisor = cfg.input.size_divisor
     if height % divisor or width % divisor:
@@ -84,6 +86,7 @@ def export_onnx(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     network = optimize_for_inference(model.cpu(), fold_bn=fold_bn)
+    opset = opset_for(network, opset)  # DeformConv needs opset 19
     wrapper = ExportableSOLOv2(network).eval()
     inputs: tuple[Tensor, ...] = (torch.zeros(1, 3, height, width),)
     input_names, output_names = [INPUT_NAME], list(OUTPUT_NAMES)

@@ -1,10 +1,10 @@
 """SOLOv2 network, post-processing, training targets and losses."""
 
 from .postprocess import Detections, matrix_nms, points_nms, postprocess
-from .solov2 import DeformableConvolutionNotAvailable, SOLOv2, SOLOv2Outputs
+from .solov2 import ModelConfigError, SOLOv2, SOLOv2Outputs
 
 __all__ = [
-    "DeformableConvolutionNotAvailable",
+    "ModelConfigError",
     "Detections",
     "SOLOv2",
     "SOLOv2Outputs",

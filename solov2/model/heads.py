@@ -7,11 +7,18 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .deform_conv import DeformConv2dPack, zero_offsets
 from .layers import ConvNormReLU, with_coordinates
 
 
 class SOLOv2Head(nn.Module):
-    """For each FPN level, predicts a category map (C x S x S) and a kernel map (E x S x S)."""
+    """For each FPN level, predicts a category map (C x S x S) and a kernel map (E x S x S).
+
+    ``dcn`` ("none", "v1", "v2") makes the last tower conv of both branches deformable, or
+    all of them with ``dcn_all_convs``. Initialisation as the authors' release: every conv
+    normal(std 0.01), biases zero, the category bias at the prior probability, the deformable
+    convs' offset convs zero.
+    """
 
     def __init__(
         self,
@@ -22,23 +29,29 @@ class SOLOv2Head(nn.Module):
         kernel_channels: int = 128,
         grids: tuple[int, ...] = (40, 36, 24, 16, 12),
         prior_prob: float = 0.01,
+        dcn: str = "none",
+        dcn_all_convs: bool = False,
     ):
         super().__init__()
         self.num_classes = num_classes
         self.grids = tuple(grids)
+        tower_dcn = [dcn if dcn_all_convs or i == stacked_convs - 1 else "none" for i in range(stacked_convs)]
         self.kernel_tower = nn.ModuleList(
-            ConvNormReLU(in_channels + 2 if i == 0 else channels, channels) for i in range(stacked_convs)
+            ConvNormReLU(in_channels + 2 if i == 0 else channels, channels, dcn=tower_dcn[i])
+            for i in range(stacked_convs)
         )
         self.category_tower = nn.ModuleList(
-            ConvNormReLU(in_channels if i == 0 else channels, channels) for i in range(stacked_convs)
+            ConvNormReLU(in_channels if i == 0 else channels, channels, dcn=tower_dcn[i])
+            for i in range(stacked_convs)
         )
         self.kernel_pred = nn.Conv2d(channels, kernel_channels, 3, padding=1)
         self.category_pred = nn.Conv2d(channels, num_classes, 3, padding=1)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, (nn.Conv2d, DeformConv2dPack)):
                 nn.init.normal_(m.weight, std=0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        zero_offsets(self)
         nn.init.constant_(self.category_pred.bias, -math.log((1 - prior_prob) / prior_prob))
 
     @staticmethod
@@ -76,18 +89,22 @@ class MaskFeatureBranch(nn.Module):
     """Fuses P2..P5 into one E-channel map at 1/4 of the input resolution.
 
     Level i applies i blocks of conv-GN-ReLU + bilinear x2 upsampling (level 0 one conv and
-    no upsampling); the P5 input carries two coordinate channels.
+    no upsampling); the P5 input carries two coordinate channels. ``dcn`` ("none", "v1",
+    "v2") makes every conv deformable, the final 1x1 too. Initialisation as the authors'
+    release: every ``nn.Conv2d`` normal(std 0.01), the deformable convs' offset convs included
+    (their own weights keep their uniform initialisation).
     """
 
-    def __init__(self, in_channels: int = 256, mid_channels: int = 128, out_channels: int = 128, num_levels: int = 4):
+    def __init__(self, in_channels: int = 256, mid_channels: int = 128, out_channels: int = 128, num_levels: int = 4,
+                 dcn: str = "none"):
         super().__init__()
         self.levels = nn.ModuleList()
         for level in range(num_levels):
             first_in = in_channels + 2 if level == num_levels - 1 else in_channels
-            blocks = [ConvNormReLU(first_in, mid_channels)]
-            blocks += [ConvNormReLU(mid_channels, mid_channels) for _ in range(1, max(level, 1))]
+            blocks = [ConvNormReLU(first_in, mid_channels, dcn=dcn)]
+            blocks += [ConvNormReLU(mid_channels, mid_channels, dcn=dcn) for _ in range(1, max(level, 1))]
             self.levels.append(nn.ModuleList(blocks))
-        self.fuse = ConvNormReLU(mid_channels, out_channels, kernel_size=1)
+        self.fuse = ConvNormReLU(mid_channels, out_channels, kernel_size=1, dcn=dcn)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .deform_conv import make_conv
+
 
 class ConvNormReLU(nn.Sequential):
-    """3x3 (or 1x1) convolution without bias, GroupNorm(32), ReLU."""
+    """3x3 (or 1x1) convolution without bias, GroupNorm(32), ReLU. ``dcn`` ("none", "v1",
+    "v2") makes the convolution a deformable one (``solov2.model.deform_conv.make_conv``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, groups: int = 32):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, groups: int = 32,
+                 dcn: str = "none"):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.conv = make_conv(dcn, in_channels, out_channels, kernel_size, padding=kernel_size // 2)
         self.norm = nn.GroupNorm(groups, out_channels)
         self.relu = nn.ReLU(inplace=True)
 

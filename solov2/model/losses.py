@@ -1,8 +1,10 @@
 """SOLOv2 losses: sigmoid focal loss on the category maps, dice loss on the predicted masks.
 
-total = focal_weight x focal / (positive cells + 1) + dice_weight x mean dice over the
-positive (cell, instance) pairs, as the authors' release. Computed in float32 whatever the
-autocast dtype of the network outputs.
+total = focal_weight x focal / (positive cells + 1) + dice_weight x dice sum over the
+positive (cell, instance) pairs / normaliser. The normaliser is the number of pairs (a mean,
+as the authors' release; ``train.dice_normalizer: pairs``) or the number of positive cells
+(mmdetection 3.x; ``positive_cells``). Computed in float32 whatever the autocast dtype of
+the network outputs.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -82,6 +85,15 @@ def pair_mask_logits(
     return logits, order
 
 
+def _positive_cells(targets: SOLOv2Targets, category_normalizer: Tensor | float) -> Tensor | float:
+    """The dice normaliser of mmdetection 3.x: positive cells, batch-wide per process share."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    cells = category_normalizer - 1.0 / world  # category_normalizer = (cells + 1) / world
+    if isinstance(cells, Tensor):
+        return cells.clamp(min=1.0 / world)
+    return max(cells, 1.0 / world)
+
+
 def solov2_loss(
     outputs: SOLOv2Outputs,
     targets: SOLOv2Targets,
@@ -94,7 +106,10 @@ def solov2_loss(
     The focal sum is divided by ``category_normalizer`` (default: positive cells + 1) and the
     dice sum by ``mask_normalizer`` (default: the number of pairs). Distributed training
     passes batch-wide values over all processes, divided by the world size, so that the
-    averaged gradients equal those of one process with the whole batch.
+    averaged gradients equal those of one process with the whole batch. With
+    ``cfg.dice_normalizer == "positive_cells"`` the dice sum is divided by the positive cells
+    instead: ``category_normalizer`` - 1 / world size when given (the same batch-wide count),
+    else the positive cells of ``targets`` (at least 1).
     """
     device_type = outputs.mask_features.device.type
     with torch.autocast(device_type=device_type, enabled=False):
@@ -109,7 +124,12 @@ def solov2_loss(
             instance = targets.pair_instance[idx]
             mask_targets = targets.instance_masks.reshape(targets.instance_masks.shape[0], -1)[instance]
             dice_sum = dice_loss(torch.cat(logits).sigmoid(), mask_targets).sum()
-            if mask_normalizer is None:
+            if cfg.dice_normalizer == "positive_cells":
+                mask_normalizer = _positive_cells(targets, category_normalizer)
+            elif cfg.dice_normalizer != "pairs":
+                raise ValueError(f"train.dice_normalizer must be 'pairs' or 'positive_cells', got "
+                                 f"{cfg.dice_normalizer!r}")
+            elif mask_normalizer is None:
                 mask_normalizer = float(targets.num_pairs)
             loss_mask = cfg.dice_weight * dice_sum / mask_normalizer
         else:

@@ -1,20 +1,28 @@
-"""ResNet-18/34/50/101 backbone with torchvision's parameter names (no ``fc``).
+"""ResNet-18/34/50/101 and ResNeXt backbones with torchvision's parameter names (no ``fc``).
 
 Returns the outputs of the four stages (C2..C5). ``frozen_stages`` freezes the stem and the
 first stages; ``norm_eval`` keeps every BatchNorm in eval mode during training, as the
-authors' release does.
+authors' release does. ResNeXt (``groups`` > 1): bottleneck width
+floor(channels * width_per_group / 64) * groups with a grouped conv2 (ResNeXt-101 64x4d:
+groups 64, width per group 4). ``dcn`` ("v1"/"v2") with ``dcn_stages`` (1-4) makes conv2 of
+every bottleneck of those stages deformable (1 deformable group), its offsets zero-initialised.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .deform_conv import make_conv, zero_offsets
+
 
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, downsample: nn.Module | None = None,
+                 groups: int = 1, width_per_group: int = 64, dcn: str = "none"):
         super().__init__()
+        if groups != 1 or width_per_group != 64 or dcn != "none":
+            raise ValueError("ResNet-18/34 blocks support neither groups nor deformable convolution")
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
@@ -32,15 +40,17 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, downsample: nn.Module | None = None,
+                 groups: int = 1, width_per_group: int = 64, dcn: str = "none"):
         super().__init__()
         out_channels = channels * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
+        width = channels * width_per_group // 64 * groups
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         # Stride on the 3x3 conv ("pytorch" style), as torchvision and the release.
-        self.conv2 = nn.Conv2d(channels, channels, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
+        self.conv2 = make_conv(dcn, width, width, 3, stride, 1, groups=groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -68,7 +78,8 @@ def stage_channels(depth: int) -> list[int]:
 
 
 class ResNet(nn.Module):
-    def __init__(self, depth: int = 18, frozen_stages: int = 1, norm_eval: bool = True):
+    def __init__(self, depth: int = 18, frozen_stages: int = 1, norm_eval: bool = True, groups: int = 1,
+                 width_per_group: int = 64, dcn: str = "none", dcn_stages: tuple[int, ...] = ()):
         super().__init__()
         if depth not in ARCHITECTURES:
             raise ValueError(f"ResNet depth must be one of {sorted(ARCHITECTURES)}, got {depth}")
@@ -90,9 +101,11 @@ class ResNet(nn.Module):
                     nn.Conv2d(in_channels, channels * block.expansion, 1, stride, bias=False),
                     nn.BatchNorm2d(channels * block.expansion),
                 )
-            blocks = [block(in_channels, channels, stride, downsample)]
+            options = {"groups": groups, "width_per_group": width_per_group,
+                       "dcn": dcn if index + 1 in dcn_stages else "none"}
+            blocks = [block(in_channels, channels, stride, downsample, **options)]
             in_channels = channels * block.expansion
-            blocks += [block(in_channels, channels) for _ in range(1, num_blocks)]
+            blocks += [block(in_channels, channels, **options) for _ in range(1, num_blocks)]
             self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
         self.out_channels = stage_channels(depth)
         self._init_weights()
@@ -105,6 +118,7 @@ class ResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        zero_offsets(self)
 
     def _frozen_modules(self) -> list[nn.Module]:
         if self.frozen_stages < 0:

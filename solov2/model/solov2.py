@@ -9,11 +9,32 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from .fpn import FPN
 from .heads import MaskFeatureBranch, SOLOv2Head
-from .resnet import ResNet
+from .deform_conv import DCN_TYPES
+from .resnet import ARCHITECTURES, Bottleneck, ResNet
 
 
-class DeformableConvolutionNotAvailable(NotImplementedError):
-    """Raised for presets that need deformable convolution, which is not implemented yet."""
+class ModelConfigError(ValueError):
+    """Raised for a model config whose deformable-convolution or ResNeXt keys are invalid
+    (an unknown type, stages outside 1-4, or a ResNet-18/34 backbone)."""
+
+
+def check_dcn_config(cfg: ModelConfig) -> None:
+    """Raise ModelConfigError naming the config key that cannot be built."""
+    for key in ("backbone_dcn", "head_dcn", "mask_branch_dcn"):
+        if getattr(cfg, key) not in DCN_TYPES:
+            raise ModelConfigError(
+                f"model.{key} must be one of {', '.join(DCN_TYPES)}, got {getattr(cfg, key)!r}")
+    if any(stage not in (1, 2, 3, 4) for stage in cfg.backbone_dcn_stages):
+        raise ModelConfigError(
+            f"model.backbone_dcn_stages must list stages 1-4, got {cfg.backbone_dcn_stages}")
+    bottleneck = ARCHITECTURES.get(cfg.backbone_depth, (Bottleneck,))[0] is Bottleneck
+    uses_dcn = cfg.backbone_dcn != "none" and bool(cfg.backbone_dcn_stages)
+    if not bottleneck and (uses_dcn or cfg.backbone_groups != 1 or cfg.backbone_width_per_group != 64):
+        raise ModelConfigError(
+            f"model.backbone_dcn / backbone_groups need a ResNet-50 or deeper (model.backbone_depth is "
+            f"{cfg.backbone_depth})")
+    if cfg.backbone_groups < 1 or cfg.backbone_width_per_group < 1:
+        raise ModelConfigError("model.backbone_groups and backbone_width_per_group must be >= 1")
 
 
 class SOLOv2Outputs(NamedTuple):
@@ -25,16 +46,15 @@ class SOLOv2Outputs(NamedTuple):
 class SOLOv2(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.backbone_dcn_stages or cfg.head_dcn:
-            raise DeformableConvolutionNotAvailable(
-                "this preset uses deformable convolution (backbone stages "
-                f"{cfg.backbone_dcn_stages}, head tower: {cfg.head_dcn}), which solov2 does not "
-                "implement yet; use a preset without 'dcn' in its name"
-            )
+        check_dcn_config(cfg)
         if not (len(cfg.strides) == len(cfg.grids) == len(cfg.scale_ranges) == 5):
             raise ValueError("model.strides, model.grids and model.scale_ranges need 5 entries each")
         self.cfg = cfg
-        self.backbone = ResNet(cfg.backbone_depth, cfg.frozen_stages, cfg.norm_eval)
+        self.backbone = ResNet(
+            cfg.backbone_depth, cfg.frozen_stages, cfg.norm_eval, groups=cfg.backbone_groups,
+            width_per_group=cfg.backbone_width_per_group, dcn=cfg.backbone_dcn,
+            dcn_stages=tuple(cfg.backbone_dcn_stages),
+        )
         self.fpn = FPN(self.backbone.out_channels, cfg.fpn_channels)
         self.head = SOLOv2Head(
             num_classes=cfg.num_classes,
@@ -43,11 +63,14 @@ class SOLOv2(nn.Module):
             stacked_convs=cfg.head_stacked_convs,
             kernel_channels=cfg.kernel_channels,
             grids=tuple(cfg.grids),
+            dcn=cfg.head_dcn,
+            dcn_all_convs=cfg.head_dcn_all_convs,
         )
         self.mask_branch = MaskFeatureBranch(
             in_channels=cfg.fpn_channels,
             mid_channels=cfg.mask_mid_channels,
             out_channels=cfg.kernel_channels,
+            dcn=cfg.mask_branch_dcn,
         )
 
     def forward(self, images: Tensor) -> SOLOv2Outputs:
