@@ -187,6 +187,9 @@ def load_checkpoint(path: str | Path, trust_pickle: bool | None = None) -> Loade
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path}: an ONNX model, not PyTorch weights: run it with --backend onnxruntime "
+                              "(or solov2-runtime), or pass the .pth it was exported from")
     if trust_pickle is None:
         trust_pickle = os.environ.get(TRUST_PICKLE_ENV) == "1"
     try:

@@ -64,3 +64,11 @@ def test_output_paths_that_cannot_be_written_fail_before_the_work(command, tmp_p
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and argv[1] in err[0], err
     assert blocker.read_text() == "keep me"
+
+
+def test_an_onnx_file_given_as_weights_says_what_it_is(tmp_path, capsys):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"\x08\x07onnx-ish")
+    assert _run(["convert", str(model), str(tmp_path / "out.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "model.onnx: an ONNX model, not PyTorch weights: run it with --backend onnxruntime" in err
