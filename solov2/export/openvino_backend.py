@@ -1,0 +1,92 @@
+"""Inference with an exported model (fp32 or INT8 QDQ ``.onnx``) in OpenVINO on the CPU.
+
+``OpenVinoSession`` has the part of ``onnxruntime.InferenceSession``'s interface that the
+ONNX Runtime backend calls (``run(None, {input: array})`` returning the outputs in the
+graph's order), so ``OpenVinoPredictor`` is ``OnnxPredictor`` with the session swapped: the
+same preprocessing, level splitting and ``postprocess``.
+
+fp32 graphs run in fp32 (``INFERENCE_PRECISION_HINT=f32``, also on CPUs with bf16 units);
+INT8 QDQ graphs (``solov2.export.quantize``) run their quantized convolutions in INT8.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, apply_overrides
+from ..data.coco_classes import class_names_and_ids
+from .onnx import OUTPUT_NAMES, read_onnx_config
+from .onnx_runtime import OnnxPredictor
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError as err:
+        raise RuntimeError(f"the openvino backend needs the openvino package ({err}): "
+                           "pip install 'solov2[openvino]'") from err
+    return openvino
+
+
+class OpenVinoSession:
+    """An ``.onnx`` file compiled by OpenVINO for the CPU, called like an ORT session.
+
+    ``num_threads`` 0 leaves OpenVINO's default; otherwise it is INFERENCE_NUM_THREADS, with
+    one stream and the latency hint (one request at a time, as the predictors run).
+    Raises RuntimeError without openvino, and FileNotFoundError for a missing file.
+    """
+
+    def __init__(self, onnx_path: str | Path, num_threads: int = 0):
+        ov = _openvino()
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise FileNotFoundError(f"{onnx_path}: ONNX file not found")
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                                     "INFERENCE_PRECISION_HINT": "f32"}
+        if num_threads > 0:
+            config["INFERENCE_NUM_THREADS"] = num_threads
+        self.compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [next(iter(p.get_names())) for p in self.compiled.inputs]
+        self.output_names = [next(iter(p.get_names())) for p in self.compiled.outputs]
+
+    def run(self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs named (all, in the graph's order, for None) for the ``feeds`` inputs;
+        arrays are copies that the next call does not overwrite."""
+        self.request.infer({name: np.ascontiguousarray(v) for name, v in feeds.items()})
+        names = list(output_names) if output_names else self.output_names
+        return [self.request.get_tensor(name).data.copy() for name in names]
+
+
+class OpenVinoPredictor(OnnxPredictor):
+    """``OnnxPredictor`` running the graph in OpenVINO (CPU). ``overrides`` as there;
+    ``num_threads`` as ``OpenVinoSession``'s. Raises ConfigError for a file without the
+    solov2 metadata or a ``model.*`` override, RuntimeError without openvino."""
+
+    def __init__(self, onnx_path: str | Path, overrides: Sequence[str] = (), batch_size: int = 4,
+                 num_threads: int = 0):
+        onnx_path = Path(onnx_path)
+        try:
+            stored = read_onnx_config(onnx_path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(str(err)) from err
+        cfg = apply_overrides(copy.deepcopy(stored), overrides)
+        if cfg.model != stored.model:
+            raise ConfigError("model.* settings are fixed in an exported model; only test.* and input.* "
+                              "can be overridden")
+        self.session = OpenVinoSession(onnx_path, num_threads)
+        if tuple(self.session.output_names) != OUTPUT_NAMES:
+            raise ConfigError(f"{onnx_path}: outputs {self.session.output_names}, expected {list(OUTPUT_NAMES)}")
+        self.onnx_path = onnx_path
+        self.cfg = cfg
+        self.device = torch.device("cpu")
+        self.precision = "fp32"
+        self.batch_size = batch_size
+        self.class_names, self.category_ids = class_names_and_ids(
+            cfg.model.num_classes, cfg.model.class_names, cfg.model.category_ids
+        )
