@@ -52,8 +52,10 @@ class OpenVinoSession:
             config["INFERENCE_NUM_THREADS"] = num_threads
         self.compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self.input_names = [next(iter(p.get_names())) for p in self.compiled.inputs]
-        self.output_names = [next(iter(p.get_names())) for p in self.compiled.outputs]
+        import onnx
+
+        # The graph's own output names (an OpenVINO port may carry several names).
+        self.output_names = [o.name for o in onnx.load(str(onnx_path), load_external_data=False).graph.output]
 
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The outputs named (all, in the graph's order, for None) for the ``feeds`` inputs;
