@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -163,7 +164,9 @@ def _runtime_floors(names: list[str], options: BenchmarkOptions, folder: Path) -
     x = torch.randn(shape)
     flops = count_flops(lambda: conv(x))
     fp32 = folder / "floor.onnx"
-    torch.onnx.export(conv, (x,), str(fp32), dynamo=False, input_names=["x"], output_names=["y"])
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices, as in export_onnx
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(conv, (x,), str(fp32), dynamo=False, input_names=["x"], output_names=["y"])
     paths = {"fp32": fp32}
     if any(n.endswith("-int8") for n in names):
         paths["int8"] = folder / "floor.int8.onnx"

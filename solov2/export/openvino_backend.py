@@ -11,16 +11,13 @@ INT8 QDQ graphs (``solov2.export.quantize``) run their quantized convolutions in
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from ..config import ConfigError, apply_overrides
-from ..data.coco_classes import class_names_and_ids
-from .onnx import OUTPUT_NAMES, read_onnx_config
+from ..config import ConfigError
+from .onnx import OUTPUT_NAMES
 from .onnx_runtime import OnnxPredictor
 
 
@@ -68,27 +65,14 @@ class OpenVinoSession:
 class OpenVinoPredictor(OnnxPredictor):
     """``OnnxPredictor`` running the graph in OpenVINO (CPU). ``overrides`` as there;
     ``num_threads`` as ``OpenVinoSession``'s. Raises ConfigError for a file without the
-    solov2 metadata or a ``model.*`` override, RuntimeError without openvino."""
+    solov2 metadata, with other outputs than ``solov2 export`` writes, or for a ``model.*``
+    override; RuntimeError without openvino."""
 
     def __init__(self, onnx_path: str | Path, overrides: Sequence[str] = (), batch_size: int = 4,
                  num_threads: int = 0):
-        onnx_path = Path(onnx_path)
-        try:
-            stored = read_onnx_config(onnx_path)
-        except (OSError, ValueError) as err:
-            raise ConfigError(str(err)) from err
-        cfg = apply_overrides(copy.deepcopy(stored), overrides)
-        if cfg.model != stored.model:
-            raise ConfigError("model.* settings are fixed in an exported model; only test.* and input.* "
-                              "can be overridden")
-        self.session = OpenVinoSession(onnx_path, num_threads)
+        super().__init__(onnx_path, overrides, batch_size, None, num_threads)
         if tuple(self.session.output_names) != OUTPUT_NAMES:
             raise ConfigError(f"{onnx_path}: outputs {self.session.output_names}, expected {list(OUTPUT_NAMES)}")
-        self.onnx_path = onnx_path
-        self.cfg = cfg
-        self.device = torch.device("cpu")
-        self.precision = "fp32"
-        self.batch_size = batch_size
-        self.class_names, self.category_ids = class_names_and_ids(
-            cfg.model.num_classes, cfg.model.class_names, cfg.model.category_ids
-        )
+
+    def make_session(self, onnx_path: Path, providers: Sequence[str] | None, num_threads: int) -> OpenVinoSession:
+        return OpenVinoSession(onnx_path, num_threads)
