@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from solov2.benchmark.backends import agreement_figures
+from solov2.benchmark.agreement import agreement_figures
 from solov2.data.image_io import read_image
 from solov2.engine.evaluate import match_categories
 from solov2.engine.predictor import Predictor

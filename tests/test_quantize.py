@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
-from solov2.benchmark.backends import agreement_figures  # noqa: E402
+from solov2.benchmark.agreement import agreement_figures  # noqa: E402
 from solov2.cli import main  # noqa: E402
 from solov2.config import load_config  # noqa: E402
 from solov2.data.image_io import read_image  # noqa: E402

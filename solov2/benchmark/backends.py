@@ -25,17 +25,16 @@ from torch import nn
 from ..config import Config
 from ..data.image_io import read_image
 from ..data.transforms import pad_batch, preprocess
-from ..engine.predictor import PredictionResult, Predictor
+from ..engine.predictor import Predictor
 from ..model import SOLOv2
 from ..export.quantize import KEEP_FLOAT
-from .agreement import CONFIDENT, _summary, match_instances
+from .agreement import agreement_figures
 from .floor import FLOOR_CHANNELS
 from .loads import original_size_for, random_images
 from .options import BenchmarkOptions
 from .timing import Rounds, count_flops
 
 BACKENDS = ("pytorch", "onnxruntime", "openvino", "onnxruntime-int8", "openvino-int8")
-CLOSE_IOU = 0.9  # the agreement also counts confident instances matched at this mask IoU or more
 CALIBRATION_COUNT = 32  # calibration images used at most
 
 
@@ -225,37 +224,6 @@ def _time_batch(cfg: Config, network: nn.Module, predictors: dict[str, Any], flo
             row["own_floor_ms"] = statistics.median(own_floor_times[name][-options.repeats:]) * 1e3
         out["backends"][name] = row
     return out
-
-
-def agreement_figures(reference: list[PredictionResult], results: list[PredictionResult]) -> dict[str, Any]:
-    """Instances of ``results`` matched to ``reference``'s (``match_instances``, image by
-    image): counts, matched fraction, matched mask IoU and |score difference|, and the fp32
-    instances scored >= CONFIDENT: their matched fraction, mask IoU (0 when unmatched) and
-    the fraction matched at mask IoU >= CLOSE_IOU."""
-    ious, diffs, confident = [], [], []
-    counts = {"fp32": 0, "backend": 0}
-    for a, b in zip(reference, results):
-        counts["fp32"] += len(a)
-        counts["backend"] += len(b)
-        for i, (j, iou) in enumerate(match_instances(a, b)):
-            if j >= 0:
-                ious.append(iou)
-                diffs.append(abs(float(a.scores[i]) - float(b.scores[j])))
-            if a.scores[i] >= CONFIDENT:
-                confident.append(iou)
-    return {
-        "instances": {**counts, "matched": len(ious)},
-        "matched_fraction_of_fp32": len(ious) / counts["fp32"] if counts["fp32"] else None,
-        "matched_mask_iou": _summary(ious),
-        "matched_score_abs_diff": _summary(diffs),
-        "confident_threshold": CONFIDENT,
-        "confident_fp32_instances": len(confident),
-        "confident_matched_fraction": sum(v > 0 for v in confident) / len(confident) if confident else None,
-        "close_iou": CLOSE_IOU,
-        "confident_matched_at_close_iou": (sum(v >= CLOSE_IOU for v in confident) / len(confident)
-                                           if confident else None),
-        "confident_mask_iou": _summary(confident),
-    }
 
 
 def _agreement(names: list[str], files: dict[str, Path], model: SOLOv2, cfg: Config,

@@ -37,10 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-check", action="store_true",
                         help="skip comparing ONNX Runtime's outputs with PyTorch's after export")
     parser.add_argument("--int8", action="store_true",  # int8: see solov2/export/quantize.py
-                        help="also write an INT8 model (static quantization) to OUT with .int8.onnx; "
-                             "needs --calibration-images")
+                        help="also write an INT8 model (static quantization) beside OUT: model.onnx -> "
+                             "model.int8.onnx; needs --calibration-images")
     parser.add_argument("--calibration-images", metavar="DIR", help="folder of images to calibrate --int8 on")
-    parser.add_argument("--calibration-count", type=int, default=100,
+    parser.add_argument("--calibration-count", type=int, default=100, metavar="N",
                         help="calibrate on the first N images of DIR (default: %(default)s)")
     parser.set_defaults(func=run)
 
