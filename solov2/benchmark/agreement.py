@@ -17,47 +17,56 @@ from .options import BenchmarkOptions
 
 CONFIDENT = 0.3  # the agreement also reports fp32 instances scored at least this
 MATCH_IOU = 0.5  # instances match at this mask IoU or more
+CLOSE_IOU = 0.9  # the figures also count confident instances matched at this mask IoU or more
 
 
 def agreement_section(cfg: Config, model: SOLOv2, options: BenchmarkOptions, device: torch.device) -> dict[str, Any]:
     """Predicts ``options.agreement_images`` in fp32 and in bf16/fp16 with ``model`` and
-    ``cfg`` (its own test scale); matches instances greedily by class and mask IoU (>= 0.5)
-    and returns the ``agreement`` figures of the JSON: counts, matched fraction, the matched
-    instances' mask IoU and score differences, and the same for fp32 instances scored at
-    least CONFIDENT (IoU 0 when unmatched)."""
+    ``cfg`` (its own test scale); returns the ``agreement`` figures of the JSON: precision,
+    weights, images and ``agreement_figures``."""
     low = "fp16" if device.type == "cuda" else "bf16"
     network = optimize_for_inference(model, fold_bn=options.fold_bn, channels_last=options.channels_last)
     reference = Predictor(network, cfg, device, "fp32", batch_size=1)
     fast = Predictor(network, cfg, device, low, batch_size=1)
-    ious: list[float] = []
-    score_diffs: list[float] = []
-    confident_ious: list[float] = []  # fp32 instances scored >= CONFIDENT; 0 when unmatched
-    counts = {"fp32": 0, low: 0, "matched": 0}
+    a, b = [], []
     for path in options.agreement_images:
         image = read_image(path)
-        a, b = reference(image), fast(image)
+        a.append(reference(image))
+        b.append(fast(image))
+    return {"precision": low, "weights": options.weights, "images": len(options.agreement_images),
+            **agreement_figures(a, b, low)}
+
+
+def agreement_figures(reference: list[PredictionResult], results: list[PredictionResult],
+                      name: str = "backend") -> dict[str, Any]:
+    """Instances of ``results`` matched to ``reference``'s (``match_instances``, image by
+    image; instances match greedily by class at mask IoU >= MATCH_IOU): counts (``results``'
+    under ``name``), matched fraction, matched mask IoU and |score difference|, and for the
+    fp32 instances scored >= CONFIDENT their matched fraction, mask IoU (0 when unmatched)
+    and the fraction matched at mask IoU >= CLOSE_IOU."""
+    ious, diffs, confident = [], [], []
+    counts = {"fp32": 0, name: 0}
+    for a, b in zip(reference, results):
         counts["fp32"] += len(a)
-        counts[low] += len(b)
+        counts[name] += len(b)
         for i, (j, iou) in enumerate(match_instances(a, b)):
             if j >= 0:
                 ious.append(iou)
-                score_diffs.append(abs(float(a.scores[i]) - float(b.scores[j])))
+                diffs.append(abs(float(a.scores[i]) - float(b.scores[j])))
             if a.scores[i] >= CONFIDENT:
-                confident_ious.append(iou)
-    counts["matched"] = len(ious)
+                confident.append(iou)
     return {
-        "precision": low,
-        "weights": options.weights,
-        "images": len(options.agreement_images),
-        "instances": counts,
-        "matched_fraction_of_fp32": counts["matched"] / counts["fp32"] if counts["fp32"] else None,
+        "instances": {**counts, "matched": len(ious)},
+        "matched_fraction_of_fp32": len(ious) / counts["fp32"] if counts["fp32"] else None,
         "matched_mask_iou": _summary(ious),
-        "matched_score_abs_diff": _summary(score_diffs),
+        "matched_score_abs_diff": _summary(diffs),
         "confident_threshold": CONFIDENT,
-        "confident_fp32_instances": len(confident_ious),
-        "confident_matched_fraction": (sum(v > 0 for v in confident_ious) / len(confident_ious)
-                                       if confident_ious else None),
-        "confident_mask_iou": _summary(confident_ious),
+        "confident_fp32_instances": len(confident),
+        "confident_matched_fraction": sum(v > 0 for v in confident) / len(confident) if confident else None,
+        "close_iou": CLOSE_IOU,
+        "confident_matched_at_close_iou": (sum(v >= CLOSE_IOU for v in confident) / len(confident)
+                                           if confident else None),
+        "confident_mask_iou": _summary(confident),
     }
 
 

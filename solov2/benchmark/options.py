@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-SECTIONS = ("inference", "training", "variants", "agreement")
+SECTIONS = ("inference", "training", "variants", "agreement", "backends")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -34,4 +34,6 @@ class BenchmarkOptions:
     weights: str | None = None  # trained weights: used throughout, and for the agreement check
     agreement_images: list[str] = field(default_factory=list)  # image files for the agreement
     threads: int = 0  # torch intra-op threads (0: leave as is)
+    backends: list[str] = field(default_factory=list)  # backends section: of backends.BACKENDS
+    calibration_images: str | None = None  # backends section: INT8 calibration folder (else agreement images)
     seed: int = 0  # seeds the synthetic images, crafted outputs and network initialisation

@@ -16,6 +16,10 @@ def format_report(result: dict[str, Any]) -> str:
         lines += ["", *_variants(result["variants"])]
     if "agreement" in result:
         lines += ["", *_agreement(result["agreement"])]
+    if "backends" in result:  # backends
+        from .backends import format_backends
+
+        lines += ["", *format_backends(result["backends"])]
     return "\n".join(lines)
 
 

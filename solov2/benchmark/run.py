@@ -18,6 +18,7 @@ from ..engine.predictor import resolve_config
 from ..model import SOLOv2
 from ..model.fuse import optimize_for_inference
 from .agreement import agreement_section
+from .backends import backends_section
 from .floor import floor_figures, pick_floor
 from .inference import inference_section
 from .options import PRECISIONS, SECTIONS, BenchmarkOptions
@@ -106,6 +107,8 @@ def _sections(
     if "agreement" in options.sections:
         log("bf16/fp16 agreement")
         out["agreement"] = agreement_section(agreement_cfg, model, options, device)
+    if "backends" in options.sections:
+        out["backends"] = backends_section(cfg, agreement_cfg, model, network, options, device, rounds, log)
     return out
 
 

@@ -16,6 +16,8 @@ EXAMPLES = """examples:
   solov2 benchmark --device cuda --precision fp16 --batch 8
   solov2 benchmark --weights runs/demo/train/final.pth --config demo_shapes \\
       --agreement-images runs/demo/data/val/*.png                        # bf16/fp16 vs fp32
+  solov2 benchmark --config light_448_r18 --threads 1 --only backends \
+      --backends pytorch,onnxruntime,openvino,onnxruntime-int8,openvino-int8
 
 Every time is the median over --repeats rounds after --warmup. The floor is the network's
 FLOPs divided by the throughput of a large 3x3 convolution (256 channels, H/4 x W/4) in the
@@ -55,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--instances", type=int, default=30,
                         help="instances per training image (default: %(default)s)")
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
-    parser.add_argument("--only", nargs="+", choices=["inference", "training", "variants", "agreement"],
+    parser.add_argument("--only", nargs="+", choices=["inference", "training", "variants", "agreement", "backends"],
                         help="run only these sections (default: inference, training, + variants with "
                              "--compare, + agreement with --agreement-images)")
     parser.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm separate at inference")
@@ -66,6 +68,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weights", help="trained weights (used throughout and for the agreement check)")
     parser.add_argument("--agreement-images", nargs="+", default=[], metavar="IMAGE",
                         help="images on which to compare bf16 (CPU) / fp16 (CUDA) with fp32")
+    parser.add_argument("--backends", type=lambda t: [b for b in t.split(",") if b], default=[],
+                        metavar="LIST", help="time these backends side by side (comma-separated: pytorch, "
+                        "onnxruntime, openvino, onnxruntime-int8, openvino-int8)")
+    parser.add_argument("--calibration-images", metavar="DIR",
+                        help="INT8 calibration folder for --backends (default: the agreement images)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.set_defaults(func=run)
@@ -86,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         sections.append("variants")
     if not args.only and args.agreement_images:
         sections.append("agreement")
+    if not args.only and args.backends:
+        sections.append("backends")
     options = BenchmarkOptions(
         config=args.config or (None if args.weights else "light_448_r18"), overrides=list(args.overrides),
         height=args.size[0], width=args.size[1], batch=args.batch, precision=args.precision,
@@ -94,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         sections=sections, instances=args.instances, fold_bn=not args.no_fold_bn,
         channels_last=not args.no_channels_last, compile=args.compile,
         weights=args.weights, agreement_images=list(args.agreement_images), threads=args.threads,
+        backends=args.backends, calibration_images=args.calibration_images,
     )
     try:
         result = run_benchmark(options, log=lambda message: print(f"... {message}", flush=True))

@@ -6,7 +6,7 @@ import argparse
 
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
-from .common import add_config_arguments, fail, formatter
+from .common import add_config_arguments, fail, formatter, output_file_problem
 
 EXAMPLES = """examples:
   solov2 export --config light_448_r18 --weights SOLOv2_LIGHT_448_R18_3x.pth --out model.onnx
@@ -14,6 +14,9 @@ EXAMPLES = """examples:
   solov2 export --weights runs/exp1/final.pth --out full.onnx --postprocess  # one graph
   solov2 predict img.jpg --backend onnxruntime --weights model.onnx      # run it
   solov2-runtime predict model.onnx photos/                              # or without PyTorch
+  solov2 export --weights W.pth --out model.onnx --int8 --calibration-images val2017/ \
+      --calibration-count 100                                 # + model.int8.onnx
+  solov2 predict photos/ --backend openvino --weights model.int8.onnx    # INT8 in OpenVINO
 
 The graph takes a normalized, zero-padded batch (N, 3, H, W), H and W multiples of 32, and
 returns category_logits (N, C, cells), kernels (N, E, cells) and mask_features
@@ -40,6 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="one graph with the post-processing (batch 1; thresholds fixed in it)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip comparing ONNX Runtime's outputs with PyTorch's after export")
+    parser.add_argument("--int8", action="store_true",  # int8: see solov2/export/quantize.py
+                        help="also write an INT8 model (static quantization) beside OUT: model.onnx -> "
+                             "model.int8.onnx; needs --calibration-images")
+    parser.add_argument("--calibration-images", metavar="DIR", help="folder of images to calibrate --int8 on")
+    parser.add_argument("--calibration-count", type=int, default=100, metavar="N",
+                        help="calibrate on the first N images of DIR (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -48,9 +57,17 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load_weights
     from ..engine.predictor import resolve_config
+    from ..export.deform_conv_symbolic import opset_for
     from ..export.onnx import ExportableSOLOv2, export_onnx
     from ..model import SOLOv2
 
+    if args.int8 and not args.calibration_images:  # int8
+        return fail("--int8 needs --calibration-images DIR (images like those the model will see)")
+    if args.int8 and args.postprocess:
+        return fail("--int8 quantizes the network graph: drop --postprocess (or --int8)")
+    problem = output_file_problem(args.out)
+    if problem:
+        return fail(problem)
     try:
         cfg, state_dict, source = resolve_config(args.config, args.weights, args.overrides)
         model = SOLOv2(cfg.model)
@@ -63,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, ConfigError, ValueError, NotImplementedError) as err:
         return fail(str(err))
     size_mb = path.stat().st_size / 2**20
-    print(f"wrote {path} ({size_mb:.1f} MiB, opset {args.opset}, config {cfg.name})")
+    print(f"wrote {path} ({size_mb:.1f} MiB, opset {opset_for(model, args.opset)}, config {cfg.name})")
     if not args.no_check and args.postprocess:
         return check_full_graph(model, cfg, path)
     if not args.no_check:
@@ -76,6 +93,14 @@ def run(args: argparse.Namespace) -> int:
         outputs = OnnxPredictor(path).raw_outputs(images)
         worst = max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outputs, reference))
         print(f"check: largest difference between ONNX Runtime and PyTorch outputs {worst:.2e}")
+    if args.int8:  # int8
+        from ..export.quantize import int8_path, quantize_onnx
+
+        try:
+            int8 = quantize_onnx(path, int8_path(path), args.calibration_images, args.calibration_count)
+        except ValueError as err:
+            return fail(str(err))
+        print(f"wrote {int8} (INT8, calibrated on up to {args.calibration_count} images of {args.calibration_images})")
     return 0
 
 

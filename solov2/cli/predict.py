@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   solov2 predict clip.mp4 --weights w.pth --config r50_3x --frame-stride 5 --device cuda
   solov2 predict img.jpg --weights w.pth --config light_448_r18 test.score_thr=0.3 --save-masks
   solov2 predict img.jpg --backend onnxruntime --weights model.onnx   # = solov2-runtime predict
+  solov2 predict photos/ --backend openvino --weights model.int8.onnx   # fp32 or INT8 .onnx
 
 outputs in --out: one overlay per image (same folder structure), an annotated .mp4 per video,
 results.json (COCO-style records with RLE masks; video records carry a "frame" index) and,
@@ -35,17 +36,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="image files, folders (searched recursively), glob patterns, video files; "
                              "KEY=VALUE items are config overrides")
     parser.add_argument("--config", help="preset name or YAML file (optional for solov2 checkpoints)")
-    parser.add_argument("--weights", help="checkpoint (any supported format) or, with --backend onnxruntime, a .onnx file")
+    parser.add_argument("--weights", help="checkpoint (any supported format) or, with --backend onnxruntime/openvino, "
+                                          "a .onnx file")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="inference precision (bf16 on CPU, fp16 on CUDA; default: %(default)s)")
-    parser.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime"],
-                        help="onnxruntime: an exported .onnx run by solov2-runtime (NumPy post-processing)")
+    parser.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime", "openvino"],
+                        help="onnxruntime: an exported .onnx run by solov2-runtime (NumPy post-processing); "
+                             "openvino: an fp32 or INT8 .onnx run by OpenVINO on the CPU")
     add_output_arguments(parser)
     parser.set_defaults(func=run, overrides=[])
 
 
 def build_predictor(args: argparse.Namespace, overrides: list[str]):
+    if args.backend == "openvino":  # openvino: fp32 or INT8 .onnx in OpenVINO (CPU)
+        from ..export.openvino_backend import OpenVinoPredictor
+
+        if not args.weights:
+            raise ConfigError("--backend openvino needs --weights MODEL.onnx")
+        return OpenVinoPredictor(args.weights, overrides=overrides, batch_size=args.batch_size)
     if args.backend == "onnxruntime":
         from solov2_runtime.runtime import Runtime
 

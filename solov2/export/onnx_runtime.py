@@ -42,7 +42,7 @@ class OnnxPredictor(Predictor):
     ):
         try:
             import onnx  # noqa: F401  (read_onnx_config needs it)
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError as err:
             raise RuntimeError(f"the onnxruntime backend needs onnx and onnxruntime ({err}): "
                                "pip install 'solov2[onnx]'") from err
@@ -55,12 +55,7 @@ class OnnxPredictor(Predictor):
         if cfg.model != stored.model:
             raise ConfigError("model.* settings are fixed in an exported model; only test.* and input.* "
                               "can be overridden")
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=list(providers))
+        self.session = self.make_session(onnx_path, providers, num_threads)
         self.onnx_path = onnx_path
         self.cfg = cfg
         self.device = torch.device("cpu")  # post-processing runs on the CPU
@@ -69,6 +64,17 @@ class OnnxPredictor(Predictor):
         self.class_names, self.category_ids = class_names_and_ids(
             cfg.model.num_classes, cfg.model.class_names, cfg.model.category_ids
         )
+
+    def make_session(self, onnx_path: Path, providers: Sequence[str] | None, num_threads: int):
+        """The ONNX Runtime session (subclasses such as OpenVinoPredictor swap in another)."""
+        import onnxruntime as ort
+
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads
+        return ort.InferenceSession(str(onnx_path), options, providers=list(providers))
 
     def raw_outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The graph's (category_logits, kernels, mask_features) for a padded batch."""
