@@ -119,8 +119,8 @@ def test_predict_command_end_to_end(tmp_path, checkpoint, capsys, photos):
     assert code == 1  # one broken input
     assert "broken.jpg" in captured.err and "not a readable image" in captured.err
     assert (out / "album" / "sub" / "a.jpg").is_file()
-    assert (out / "album" / "gray.jpg").is_file()
-    assert (out / "deep16.jpg").is_file()
+    assert (out / "album" / "gray.png").is_file()  # PNG input: lossless overlay
+    assert (out / "deep16.png").is_file()
     assert (out / photos[1].name).is_file()
     assert (out / "clip.mp4").is_file()
     capture = cv2.VideoCapture(str(out / "clip.mp4"))
