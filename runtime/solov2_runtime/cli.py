@@ -68,6 +68,7 @@ def run_predict(args: argparse.Namespace, inputs: Sequence[str],
     out = run_dir(args.out, args.exist_ok)
     try:
         prepare_out_dir(out)
+        shortcut_overrides(args)  # checks their values before the model loads
         predictor = with_shortcuts(build(), args)
     except (OutputDirError, OptionError, *errors) as err:
         return fail(str(err))
@@ -80,6 +81,9 @@ def run_predict(args: argparse.Namespace, inputs: Sequence[str],
         return EXIT_INTERRUPTED
     except OSError as err:
         return fail(f"cannot write the outputs: {err}; {out / 'results.json'} holds the inputs done")
+    except Exception as err:  # a failing model or backend: the inputs done are kept
+        return fail(f"prediction stopped ({type(err).__name__}: {err}); {out / 'results.json'} holds "
+                    "the inputs done")
     return report(summary, problems, predictor, args.no_overlays)
 
 
