@@ -284,3 +284,20 @@ def test_globs_keep_the_folder_structure_below_their_fixed_part(tmp_path, monkey
                               ("**/*.png", {"shots/a/img000.png", "shots/img000.png"}),
                               (str(tmp_path / "shots" / "*" / "*.png"), {"shots/a/img000.png"})):
         assert {str(s.relative) for s in collect_sources([pattern])[0]} == expected
+
+
+def test_demo_ground_truth_takes_the_prediction_colours_of_its_classes(tmp_path):
+    from solov2.engine.demo import _ground_truth
+    from solov2.evaluation.coco_eval import load_coco
+
+    square = [[2, 2, 12, 2, 12, 12, 2, 12]]
+    ann = {"images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 20}],
+           "categories": [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 9, "segmentation": square, "area": 100,
+                            "bbox": [2, 2, 10, 10], "iscrowd": 0}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    truth = _ground_truth(load_coco(tmp_path / "ann.json"), 1, [5, 9])  # the predictor's label order
+    assert list(truth.labels) == [1] and truth.class_names == ["dog"]
+    image = np.full((20, 20, 3), 60, np.uint8)
+    drawn = draw_result(image, truth, alpha=1.0, show_scores=False)
+    assert tuple(drawn[12, 12]) == instance_colour(1)
