@@ -45,7 +45,7 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     add_shortcut_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--frame-stride", type=int, default=1, help="process every N-th video frame")
-    parser.add_argument("--save-masks", action="store_true", help="also write one PNG per instance")
+    parser.add_argument("--save-masks", action="store_true", help="also write one PNG per instance (under masks/)")
     parser.add_argument("--no-overlays", action="store_true", help="write results.json only")
     parser.add_argument("--show-thr", type=float, default=0.3,
                         help="draw (and with --save-masks save) instances scored at least this; "
