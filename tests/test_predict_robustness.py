@@ -82,7 +82,8 @@ SIGINT_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sigint_during_predict_exits_130_with_valid_results_of_the_images_done(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_during_predict_exits_130_with_valid_results_of_the_images_done(tmp_path, stop):
     inputs = _images(tmp_path / "in", 60)
     out = tmp_path / "out"
     script = SIGINT_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out), inputs=str(inputs))
@@ -93,7 +94,7 @@ def test_sigint_during_predict_exits_130_with_valid_results_of_the_images_done(t
     while not list(out.rglob("*.png")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr

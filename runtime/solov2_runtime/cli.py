@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from typing import Callable, Sequence
+import threading
+from typing import Callable, Iterator, Sequence
 
 from .outputs import OutputDirError, add_exist_ok, prepare_out_dir, run_dir
 from .predict_files import BatchPredictor, PredictInterrupted, predict_files
@@ -53,11 +56,28 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM stops the job as Ctrl-C does (results kept; main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_predict(args: argparse.Namespace, inputs: Sequence[str],
                 build: Callable[[], BatchPredictor], errors: tuple[type[Exception], ...]) -> int:
     """Collect ``inputs``, check ``--out``, build the predictor (``errors`` it raises are
     reported), predict into a new run folder, print the summary; returns the exit code (0, 1
-    if some inputs failed, 2 if none could run, 130 on Ctrl-C with results.json written)."""
+    if some inputs failed, 2 if none could run, 130 on Ctrl-C or SIGTERM with results.json written)."""
     if args.frame_stride < 1 or args.batch_size < 1:
         return fail("--frame-stride and --batch-size must be at least 1")
     sources, problems = collect_sources(list(inputs))
@@ -73,9 +93,11 @@ def run_predict(args: argparse.Namespace, inputs: Sequence[str],
     except (OutputDirError, OptionError, *errors) as err:
         return fail(str(err))
     try:
-        summary = predict_files(predictor, sources, out, save_masks=args.save_masks,
-                                save_overlays=not args.no_overlays, frame_stride=args.frame_stride,
-                                batch_size=args.batch_size, show_thr=args.show_thr, progress=not args.quiet)
+        with sigterm_as_interrupt():
+            summary = predict_files(predictor, sources, out, save_masks=args.save_masks,
+                                    save_overlays=not args.no_overlays, frame_stride=args.frame_stride,
+                                    batch_size=args.batch_size, show_thr=args.show_thr,
+                                    progress=not args.quiet)
     except PredictInterrupted as stop:
         print(stop, file=sys.stderr)
         return EXIT_INTERRUPTED

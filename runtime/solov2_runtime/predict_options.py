@@ -23,7 +23,7 @@ def add_shortcut_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conf", type=float, metavar="P", help="= test.score_thr (category probability, 0-1)")
     parser.add_argument("--max-det", type=int, metavar="N", help="= test.max_per_img (instances per image)")
     parser.add_argument("--classes", metavar="A,B", help="keep only these class names or label indices, "
-                        "comma-separated (e.g. person,car or 0,2)")
+                        "comma-separated (e.g. person,car or 0,2); filters the results, after --max-det")
     parser.add_argument("--imgsz", type=int, nargs="+", metavar="PX", help="= input.test_scale: LONG (the "
                         "model's long:short ratio kept) or LONG SHORT, in pixels")
 
