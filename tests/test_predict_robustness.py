@@ -161,6 +161,14 @@ def test_a_pth_given_to_the_onnx_backends_says_to_export_it(tmp_path, capsys):
         assert err.startswith(f"error: {checkpoint}: not an ONNX model (a PyTorch checkpoint)")
         assert "solov2 export" in err and "--backend pytorch" in err
     assert not (tmp_path / "o" / "results.json").exists()
+    renamed = tmp_path / "renamed.onnx"  # a checkpoint whatever its name
+    renamed.write_bytes(b"\x80\x02 a pickle")
+    assert runtime_main(["predict", str(renamed), str(image), "--out", str(tmp_path / "o3")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {renamed}: not an ONNX model (a PyTorch checkpoint)")
+    text = tmp_path / "model.txt"
+    text.write_text("hello")
+    assert runtime_main(["predict", str(text), str(image), "--out", str(tmp_path / "o4")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {text}: not an ONNX model (a '.txt' file)")
 
 
 @pytest.mark.parametrize("option, message", [

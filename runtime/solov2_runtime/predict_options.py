@@ -106,18 +106,20 @@ def with_shortcuts(predictor: object, args: argparse.Namespace) -> object:
 
 
 ONNX_SUFFIXES = (".onnx",)
+TORCH_MAGIC = (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # zip (torch.save), pickle
 
 
 def check_onnx_model(path: str | Path) -> None:
     """Raise OptionError when ``path`` is an existing file that is not an ONNX model (a
-    PyTorch checkpoint, most often), saying how to get one."""
+    PyTorch checkpoint, whatever its name, or a file not named .onnx), saying how to get one."""
     path = Path(path)
-    if not path.is_file() or path.suffix.lower() in ONNX_SUFFIXES:
-        return
+    if not path.is_file():
+        return  # the runtime reports a missing file
     with path.open("rb") as handle:
         head = handle.read(2)
-    kind = "a PyTorch checkpoint" if head in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") \
-        else f"a '{path.suffix or 'suffix-less'}' file"
+    if head not in TORCH_MAGIC and path.suffix.lower() in ONNX_SUFFIXES:
+        return
+    kind = "a PyTorch checkpoint" if head in TORCH_MAGIC else f"a '{path.suffix or 'suffix-less'}' file"
     raise OptionError(f"{path}: not an ONNX model ({kind}); export it with 'solov2 export --weights {path}' "
                       "and predict with the .onnx, or run it with 'solov2 predict --backend pytorch'")
 
