@@ -119,8 +119,8 @@ def test_predict_command_end_to_end(tmp_path, checkpoint, capsys, photos):
     assert code == 1  # one broken input
     assert "broken.jpg" in captured.err and "not a readable image" in captured.err
     assert (out / "album" / "sub" / "a.jpg").is_file()
-    assert (out / "album" / "gray.jpg").is_file()
-    assert (out / "deep16.jpg").is_file()
+    assert (out / "album" / "gray.png").is_file()  # PNG input: lossless overlay
+    assert (out / "deep16.png").is_file()
     assert (out / photos[1].name).is_file()
     assert (out / "clip.mp4").is_file()
     capture = cv2.VideoCapture(str(out / "clip.mp4"))
@@ -199,3 +199,24 @@ def test_overlay_draws_only_instances_above_the_show_threshold():
     assert not changed[55:80, 80:120].any()  # nor the 0.1 instance's mask, outline or caption
     everything = draw_instances(image, masks, ["a", "b", "c"], scores)
     assert (everything != image).any(-1)[masks[2]].all()
+
+
+def test_predict_shortcuts_are_the_config_keys_and_a_class_filter(tmp_path, checkpoint, capsys, photos):
+    out = tmp_path / "out"
+    shortcuts = ["--conf", "0.2", "--max-det", "3", "--imgsz", "256"]
+    code = main(["predict", str(photos[1]), "--weights", str(checkpoint), "--out", str(out), "--quiet",
+                 *shortcuts, "--classes", "0,bus"])
+    assert code == 0, capsys.readouterr().err
+    records = json.loads((out / "results.json").read_text())
+    # --imgsz 256 keeps the checkpoint's 320:192 ratio: [256, 154].
+    model, cfg = detecting_model(("test.score_thr=0.2", "test.max_per_img=3", "input.test_scale=[256,154]"))
+    expected = Predictor(model, cfg)(photos[1])
+    assert len(expected) == 3 and set(expected.class_names) == {"person"}  # label 0
+    assert [r["category_name"] for r in records] == expected.class_names
+    assert [r["score"] for r in records] == pytest.approx([float(s) for s in expected.scores], rel=1e-5)
+    for record, mask in zip(records, expected.masks):
+        assert np.array_equal(mask_utils.decode(record["segmentation"]).astype(bool), mask)
+    # Only "bus" (label 5, none among the three): every instance is filtered out.
+    assert main(["predict", str(photos[1]), "--weights", str(checkpoint), "--out", str(out), "--quiet",
+                 *shortcuts, "--classes", "bus"]) == 0
+    assert json.loads((tmp_path / "out2" / "results.json").read_text()) == []

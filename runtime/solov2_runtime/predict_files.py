@@ -3,10 +3,13 @@ images and videos and write overlays, annotated videos, masks and ``results.json
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -67,9 +70,57 @@ class PredictSummary:
         return line
 
 
-def _save_masks(result: InstanceResult, folder: Path, stem: str) -> None:
+class PredictInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a predict job, after ``results.json`` was written for the inputs done."""
+
+    def __init__(self, summary: PredictSummary):
+        super().__init__(f"interrupted: {summary.results_file} holds the {summary.images} image(s) "
+                         f"and {summary.frames} video frame(s) done")
+        self.summary = summary
+
+
+LOSSLESS_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")  # overlays of these inputs are PNG
+
+
+def overlay_path(out_dir: Path, relative: Path) -> Path:
+    """Where an image's overlay goes: PNG (lossless) for lossless inputs, JPEG otherwise."""
+    lossless = relative.suffix.lower() in LOSSLESS_EXTENSIONS
+    return (out_dir / relative).with_suffix(".png" if lossless else ".jpg")
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (FFmpeg's and OpenCV's C-level messages) for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def open_video_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, str]:
+    """A writer for ``path``: H.264 ('avc1', which browsers play) when this OpenCV build can
+    open one, else 'mp4v'; returns (writer, codec). Raises OSError when neither opens.
+    FFmpeg's messages about encoders it tried and could not use are not shown."""
+    for codec in ("avc1", "mp4v"):
+        with _quiet_stderr():
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+        if writer.isOpened():
+            return writer, codec
+        writer.release()
+    path.unlink(missing_ok=True)
+    raise OSError(f"{path}: OpenCV cannot open a video writer (avc1 or mp4v)")
+
+
+def _save_masks(result: InstanceResult, folder: Path, stem: str, min_score: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for i, (mask, name) in enumerate(zip(result.masks, result.class_names)):
+    for i, (mask, name, score) in enumerate(zip(result.masks, result.class_names, result.scores)):
+        if float(score) < min_score:
+            continue
         safe = name.replace(" ", "_").replace("/", "_")
         cv2.imwrite(str(folder / f"{stem}_{i:03d}_{safe}.png"), mask.astype(np.uint8) * 255)
 
@@ -93,15 +144,34 @@ def predict_files(
 ) -> PredictSummary:
     """Predict every source; write overlays, annotated videos, masks and ``results.json``.
 
-    Overlays and videos show the instances scored ``show_thr`` or more; the results file and
-    the masks keep every instance the model returned.
+    Overlays, videos and masks show the instances scored ``show_thr`` or more; the results
+    file keeps every instance the model returned.
 
-    An unreadable file is reported on stderr and skipped; the others go on.
+    An unreadable file is reported on stderr and skipped; the others go on. ``results.json``
+    is written (atomically) at the end, and also when the job stops early: on Ctrl-C it holds
+    the inputs done and ``PredictInterrupted`` is raised; any other exception propagates.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary(out_dir, out_dir / "results.json")
     records: list[dict] = []
+    try:
+        _predict_all(predictor, sources, out_dir, summary, records, save_masks, save_overlays,
+                     frame_stride, batch_size, show_thr, progress)
+    except KeyboardInterrupt as err:
+        write_json_atomic(records, summary.results_file)
+        raise PredictInterrupted(summary) from err
+    except BaseException:
+        write_json_atomic(records, summary.results_file)
+        raise
+    write_json_atomic(records, summary.results_file)
+    return summary
+
+
+def _predict_all(predictor: BatchPredictor, sources: list[Source], out_dir: Path, summary: PredictSummary,
+                 records: list[dict], save_masks: bool, save_overlays: bool, frame_stride: int,
+                 batch_size: int, show_thr: float, progress: bool) -> None:
+    """The job's loop; appends to ``records`` and ``summary`` as each input is done."""
     images = [s for s in sources if not s.is_video]
     videos = [s for s in sources if s.is_video]
     total = len(images) + sum(_frame_count(v.path, frame_stride) for v in videos)
@@ -111,6 +181,24 @@ def predict_files(
         summary.failures.append(message)
         bar.write(f"error: {message}")
 
+    try:
+        _predict_images(predictor, images, out_dir, summary, records, bar, fail, save_masks,
+                        save_overlays, batch_size, show_thr)
+        for source in videos:
+            try:
+                _predict_video(predictor, source, out_dir, summary, records, bar, frame_stride,
+                               batch_size, save_masks, save_overlays, show_thr)
+                summary.videos += 1
+            except VideoReadError as err:
+                fail(str(err))
+    finally:
+        bar.close()
+
+
+def _predict_images(predictor: BatchPredictor, images: list[Source], out_dir: Path, summary: PredictSummary,
+                    records: list[dict], bar: Progress, fail: Callable[[str], None], save_masks: bool,
+                    save_overlays: bool, batch_size: int, show_thr: float) -> None:
+    """The image sources, ``batch_size`` at a time; records are appended as each is done."""
     for chunk in _chunks(images, batch_size):
         loaded: list[tuple[Source, np.ndarray]] = []
         for source in chunk:
@@ -121,28 +209,17 @@ def predict_files(
                 bar.update(1)
         results = predictor.predict_batch([img for _, img in loaded]) if loaded else []
         for (source, image), result in zip(loaded, results):
-            records += to_coco_records(result, file_name=str(source.path))
             if save_overlays:
-                target = (out_dir / source.relative).with_suffix(".jpg")
+                target = overlay_path(out_dir, source.relative)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if not cv2.imwrite(str(target), draw_result(image, result, min_score=show_thr)):
                     fail(f"{target}: could not write the overlay")
             if save_masks:
-                _save_masks(result, out_dir / "masks" / source.relative.parent, source.relative.stem)
+                _save_masks(result, out_dir / "masks" / source.relative.parent, source.relative.stem, show_thr)
+            records += to_coco_records(result, file_name=str(source.path))
             summary.images += 1
             summary.count(result)
             bar.update(1)
-
-    for source in videos:
-        try:
-            records += _predict_video(predictor, source, out_dir, summary, bar, frame_stride,
-                                      batch_size, save_masks, save_overlays, show_thr)
-            summary.videos += 1
-        except VideoReadError as err:
-            fail(str(err))
-    bar.close()
-    write_json_atomic(records, summary.results_file)
-    return summary
 
 
 def _frame_count(path: Path, stride: int) -> int:
@@ -153,17 +230,17 @@ def _frame_count(path: Path, stride: int) -> int:
 
 
 def _predict_video(predictor: BatchPredictor, source: Source, out_dir: Path, summary: PredictSummary,
-                   bar: Progress, stride: int, batch_size: int, save_masks: bool,
-                   save_overlays: bool, show_thr: float) -> list[dict]:
+                   records: list[dict], bar: Progress, stride: int, batch_size: int, save_masks: bool,
+                   save_overlays: bool, show_thr: float) -> None:
+    """One video: its frames' records are appended to ``records`` as they are done."""
     capture, fps, _, (width, height) = open_video(source.path)
     writer = None
     target = (out_dir / source.relative).with_suffix(".mp4")
-    if save_overlays:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps / stride, (width, height))
-    records: list[dict] = []
     frames_seen = 0
     try:
+        if save_overlays:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            writer, _ = open_video_writer(target, fps / stride, (width, height))
         batch: list[tuple[int, np.ndarray]] = []
         frames = read_frames(capture, stride)
         while True:
@@ -179,8 +256,9 @@ def _predict_video(predictor: BatchPredictor, source: Source, out_dir: Path, sum
                     writer.write(draw_result(frame, result, min_score=show_thr))
                 if save_masks:
                     _save_masks(result, out_dir / "masks" / source.relative.with_suffix(""),
-                                f"frame{index:06d}")
+                                f"frame{index:06d}", show_thr)
                 summary.count(result)
+                summary.frames += 1
                 frames_seen += 1
                 bar.update(1)
     finally:
@@ -190,5 +268,3 @@ def _predict_video(predictor: BatchPredictor, source: Source, out_dir: Path, sum
     if frames_seen == 0:
         target.unlink(missing_ok=True)
         raise VideoReadError(f"{source.path}: no frames could be decoded")
-    summary.frames += frames_seen
-    return records

@@ -33,8 +33,9 @@ def _kind(path: Path) -> str | None:
 def collect_sources(inputs: list[str]) -> tuple[list[Source], list[str]]:
     """Expand files, folders (recursively) and glob patterns. Returns (sources, problems).
 
-    A folder keeps its name and inner structure in the outputs; a file given directly is
-    named by its file name. Inputs that match nothing are reported as problems.
+    A folder keeps its name and inner structure in the outputs, and so do the matches of a
+    glob below the pattern's fixed leading folders ('shots/**/*.png': shots/a/b.png); a file
+    given directly is named by its file name. Inputs that match nothing are reported as problems.
     """
     sources: list[Source] = []
     problems: list[str] = []
@@ -68,11 +69,31 @@ def collect_sources(inputs: list[str]) -> tuple[list[Source], list[str]]:
             matches = [p for p in matches if p.is_file() and _kind(p)]
             if not matches:
                 problems.append(f"{item}: pattern matches no images or videos")
+            base = _glob_base(item)
             for match in matches:
-                add(match, Path(match.name))
+                add(match, _under_base(match, base))
         else:
             problems.append(f"{item}: no such file or folder")
     return _deduplicate_outputs(sources), problems
+
+
+def _glob_base(pattern: str) -> Path:
+    """The pattern's leading folders that hold no wildcard ('' when the first part has one)."""
+    parts = Path(pattern).parts
+    fixed = parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
+    return Path(*fixed) if fixed else Path()
+
+
+def _under_base(match: Path, base: Path) -> Path:
+    """Where a glob match's outputs go: the base folder's name and the path below it (the
+    file name alone when that would leave the output folder)."""
+    try:
+        inner = match.relative_to(base) if base != Path() else match
+    except ValueError:
+        return Path(match.name)
+    if inner.is_absolute() or ".." in inner.parts:
+        return Path(match.name)
+    return Path(base.resolve().name) / inner if base != Path() else inner
 
 
 def _deduplicate_outputs(sources: list[Source]) -> list[Source]:

@@ -18,7 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from solov2_runtime.outputs import add_exist_ok, run_dir
+
 from ..config import Config, ConfigError, available_presets, load_config
+
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "add_config_arguments", "add_exist_ok",
+           "config_or_exit", "fail", "formatter", "run_dir"]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -46,24 +51,6 @@ def fail(message: str, code: int = EXIT_ERROR) -> int:
     """Print one ``error:`` line and return the exit code."""
     print(f"error: {message}", file=sys.stderr)
     return code
-
-
-def run_dir(out: str | Path, exist_ok: bool) -> Path:
-    """The folder a run writes to: ``out`` when it is new or empty, or with ``exist_ok``; else
-    the first free ``out2``, ``out3``, ... so that two runs never mix (ultralytics' rule)."""
-    path = Path(out)
-    if exist_ok or not path.is_dir() or not any(path.iterdir()):
-        return path  # new, empty, or not a folder (which the command then reports)
-    number = 2
-    while (candidate := path.with_name(f"{path.name}{number}")).exists():
-        number += 1
-    return candidate
-
-
-def add_exist_ok(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--exist-ok", action="store_true",
-                        help="write into --out even if it holds an earlier run (default: a new folder "
-                             "OUT2, OUT3, ... is used, so that two runs never mix)")
 
 
 def output_file_problem(path: str | Path) -> str | None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from solov2_runtime.cli import add_output_arguments, run_predict
+from solov2_runtime.cli import OUTPUTS_HELP, add_output_arguments, run_predict
+from solov2_runtime.predict_options import check_onnx_model, onnx_providers, shortcut_overrides
 from solov2_runtime.settings import SettingsError
 
 from ..checkpoint import CheckpointError
@@ -19,12 +20,9 @@ EXAMPLES = """examples:
   solov2 predict img.jpg --weights w.pth --config light_448_r18 test.score_thr=0.3 --save-masks
   solov2 predict img.jpg --backend onnxruntime --weights model.onnx   # = solov2-runtime predict
   solov2 predict photos/ --backend openvino --weights model.int8.onnx   # fp32 or INT8 .onnx
+  solov2 predict photos/ --weights w.pth --conf 0.3 --max-det 50 --classes person,2 --imgsz 640
 
-outputs in --out: one overlay per image (same folder structure), an annotated .mp4 per video,
-results.json (COCO-style records with RLE masks; video records carry a "frame" index) and,
-with --save-masks, one PNG per instance under masks/. Exit code 0: all inputs predicted;
-1: some inputs failed (listed on stderr); 2: nothing could be predicted.
-"""
+""" + OUTPUTS_HELP
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -54,13 +52,20 @@ def build_predictor(args: argparse.Namespace, overrides: list[str]):
 
         if not args.weights:
             raise ConfigError("--backend openvino needs --weights MODEL.onnx")
+        check_onnx_model(args.weights)
+        if args.precision != "fp32":
+            raise ConfigError("--backend openvino runs the .onnx in its own precision (fp32 or INT8): drop --precision")
+        if args.device not in ("cpu", "auto"):
+            raise ConfigError(f"--backend openvino runs on the CPU: drop --device {args.device}")
         return OpenVinoPredictor(args.weights, overrides=overrides, batch_size=args.batch_size)
     if args.backend == "onnxruntime":
         from solov2_runtime.runtime import Runtime
 
         if not args.weights:
             raise ConfigError("--backend onnxruntime needs --weights MODEL.onnx")
-        return Runtime(args.weights, overrides=overrides, batch_size=args.batch_size)
+        check_onnx_model(args.weights)
+        providers = onnx_providers(args.device, args.precision)
+        return Runtime(args.weights, overrides=overrides, batch_size=args.batch_size, providers=providers)
     from ..engine.predictor import Predictor
 
     return Predictor.from_config(args.config, args.weights, device=args.device, overrides=overrides,
@@ -73,4 +78,5 @@ def run(args: argparse.Namespace) -> int:
     overrides = args.overrides + [item for item in args.inputs if "=" in item]
     inputs = [item for item in args.inputs if "=" not in item]
     errors = (CheckpointError, ConfigError, ModelError, SettingsError, RuntimeError, ValueError)
-    return run_predict(args, inputs, lambda: build_predictor(args, overrides), errors)
+    # shortcut_overrides may raise OptionError: inside build, run_predict reports it
+    return run_predict(args, inputs, lambda: build_predictor(args, overrides + shortcut_overrides(args)), errors)

@@ -77,13 +77,17 @@ def demo_config(data_dir: Path, seed: int, overrides: Sequence[str] = (), device
     return cfg
 
 
-def _ground_truth(coco: Any, image_id: int) -> PredictionResult:
+def _ground_truth(coco: Any, image_id: int, category_ids: list[int]) -> PredictionResult:
+    """The image's non-crowd annotations as a result; labels index ``category_ids`` (the
+    predictor's), so that a class is drawn in the same colour as its predictions."""
     anns = [a for a in coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
     info = coco.imgs[image_id]
     masks = np.stack([coco.annToMask(a).astype(bool) for a in anns]) if anns else \
         np.zeros((0, info["height"], info["width"]), bool)
     names = [coco.cats[a["category_id"]]["name"] for a in anns]
-    return PredictionResult(masks, np.zeros(len(anns), np.int64), np.ones(len(anns), np.float32), names,
+    label_of = {cat: label for label, cat in enumerate(category_ids)}
+    labels = np.array([label_of.get(a["category_id"], len(category_ids)) for a in anns], np.int64)
+    return PredictionResult(masks, labels, np.ones(len(anns), np.float32), names,
                             [a["category_id"] for a in anns])
 
 
@@ -107,9 +111,9 @@ def training_precision(cfg: Config, device: str | None) -> str:
 
 def write_overlays(predictor: Predictor, ann_file: Path, images_dir: Path, out_dir: Path,
                    count: int = 12, scale: int = 2, show_thr: float = 0.3) -> list[Path]:
-    """Ground truth (left) and prediction (right: instances scored ``show_thr`` or more) of the
-    first ``count`` images, enlarged."""
-    from ..visualize import draw_result
+    """Ground truth (left, no scores) and prediction (right: instances scored ``show_thr`` or
+    more) of the first ``count`` images, enlarged, captioned, each class in one colour."""
+    from ..visualize import draw_result, panel
 
     coco = load_coco(ann_file)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,8 +122,11 @@ def write_overlays(predictor: Predictor, ann_file: Path, images_dir: Path, out_d
         info = coco.imgs[image_id]
         image = read_image(images_dir / info["file_name"])
         result = predictor([image])[0]
-        left = draw_result(_enlarge(image, scale), _enlarge_result(_ground_truth(coco, image_id), scale))
-        right = draw_result(_enlarge(image, scale), _enlarge_result(result, scale), min_score=show_thr)
+        truth = _ground_truth(coco, image_id, list(predictor.category_ids))
+        left = panel(draw_result(_enlarge(image, scale), _enlarge_result(truth, scale), show_scores=False,
+                                 empty_text="no objects"), "ground truth")
+        right = panel(draw_result(_enlarge(image, scale), _enlarge_result(result, scale), min_score=show_thr),
+                      f"prediction (score >= {show_thr:g})")
         gap = np.full((left.shape[0], 8, 3), 255, np.uint8)
         path = out_dir / f"{Path(info['file_name']).stem}.jpg"
         if not cv2.imwrite(str(path), np.concatenate([left, gap, right], 1)):

@@ -2,46 +2,28 @@
 
 ``score_records`` writes ``results.json`` before it scores, so that a failure inside
 pycocotools leaves the predictions on disk; ``rescore`` scores such a file again without a
-model. ``prepare_out_dir`` checks an output folder before any long work starts.
+model. ``prepare_out_dir`` (``solov2_runtime.outputs``) checks an output folder before long work.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+from solov2_runtime.outputs import OutputDirError, prepare_out_dir
 
 from ..atomic import write_json_atomic
 from .coco_eval import AnnotationError, GroundTruth, coco_metrics, image_id_order, load_coco
 
+__all__ = ["OutputDirError", "ScoringError", "prepare_out_dir", "read_results", "rescore", "score_records"]
+
 RESULT_KEYS = ("image_id", "category_id", "score", "segmentation")
-
-
-class OutputDirError(ValueError):
-    """An output folder that cannot be created or written."""
 
 
 class ScoringError(RuntimeError):
     """Scoring failed; the message says where the predictions were kept."""
-
-
-def prepare_out_dir(out_dir: str | Path) -> Path:
-    """``out_dir``, created if needed, after checking that a file can be written in it.
-
-    Raises ``OutputDirError`` naming the folder when it is a file, or cannot be created or
-    written (read-only, no permission, no space)."""
-    path = Path(out_dir)
-    if path.exists() and not path.is_dir():
-        raise OutputDirError(f"{path}: exists and is not a folder; choose another --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise OutputDirError(f"{path}: cannot write there ({err.strerror or err}); choose another --out") from err
-    return path
 
 
 def score_records(
