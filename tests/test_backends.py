@@ -17,13 +17,13 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
+from _backend_checks import assert_raw_outputs_match, assert_results_match  # noqa: E402
 from solov2.checkpoint import atomic_save, make_checkpoint  # noqa: E402
 from solov2.cli import main  # noqa: E402
 from solov2.config import ConfigError, load_config  # noqa: E402
 from solov2.data.image_io import read_image  # noqa: E402
-from solov2.data.transforms import pad_batch, preprocess  # noqa: E402
 from solov2.engine.predictor import Predictor  # noqa: E402
-from solov2.export.onnx import ExportableSOLOv2, export_onnx  # noqa: E402
+from solov2.export.onnx import export_onnx  # noqa: E402
 from solov2.export.openvino_backend import OpenVinoPredictor, OpenVinoSession  # noqa: E402
 from solov2.model import SOLOv2  # noqa: E402
 
@@ -53,31 +53,14 @@ def images(photos) -> list[np.ndarray]:
 def test_raw_outputs_match_pytorch_on_real_images_at_any_size(exported, images):
     path, model, cfg = exported
     session = OpenVinoSession(path, num_threads=1)
-    reference_net = ExportableSOLOv2(model).eval()
-    tensors = [preprocess(img, cfg.input.test_scale, cfg.input.mean, cfg.input.std)[0] for img in images]
-    batches = [pad_batch([t]) for t in tensors] + [pad_batch(tensors[:2])]
-    assert len({tuple(b.shape) for b in batches}) == 4
-    for batch in batches:
-        with torch.inference_mode():
-            reference = reference_net(batch)
-        outputs = session.run(None, {"images": batch.numpy()})
-        for name, out, ref in zip(("category_logits", "kernels", "mask_features"), outputs, reference):
-            assert out.shape == tuple(ref.shape), name
-            np.testing.assert_allclose(out, ref.numpy(), rtol=0, atol=1e-4, err_msg=name)
+    assert_raw_outputs_match(model, cfg, images, lambda batch: session.run(None, {"images": batch.numpy()}))
 
 
 def test_final_results_equal_pytorch(exported, images):
     path, model, cfg = exported
     expected = Predictor(model, cfg).predict_batch(images)
     got = OpenVinoPredictor(path, overrides=OVERRIDES, num_threads=1).predict_batch(images)
-    for exp, res in zip(expected, got):
-        assert len(exp) > 0
-        assert np.array_equal(exp.labels, res.labels)
-        assert exp.class_names == res.class_names
-        np.testing.assert_allclose(res.scores, exp.scores, rtol=0, atol=1e-3)
-        assert res.masks.shape == exp.masks.shape
-        differing = int((res.masks != exp.masks).sum())  # pixels within rounding of mask_thr
-        assert differing <= 1e-5 * exp.masks.size, differing
+    assert_results_match(expected, got)
 
 
 def test_fixed_model_settings_and_missing_file(exported, tmp_path):

@@ -14,15 +14,15 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from _backend_checks import assert_raw_outputs_match, assert_results_match
 from conftest import randomize_  # noqa: E402
 
 from solov2.checkpoint import atomic_save, make_checkpoint  # noqa: E402
 from solov2.cli import main  # noqa: E402
 from solov2.config import load_config  # noqa: E402
 from solov2.data.image_io import read_image  # noqa: E402
-from solov2.data.transforms import pad_batch, preprocess  # noqa: E402
 from solov2.engine.predictor import Predictor  # noqa: E402
-from solov2.export.onnx import ExportableSOLOv2, read_onnx_config  # noqa: E402
+from solov2.export.onnx import read_onnx_config  # noqa: E402
 from solov2.export.onnx_runtime import OnnxPredictor  # noqa: E402
 from solov2.model import SOLOv2  # noqa: E402
 
@@ -73,35 +73,14 @@ def test_config_travels_in_the_metadata(exported):
 def test_raw_outputs_match_pytorch_on_real_images_at_any_size(exported, images):
     path, model, cfg = exported
     onnx_predictor = OnnxPredictor(path)
-    reference_net = ExportableSOLOv2(model).eval()
-    tensors = [preprocess(img, cfg.input.test_scale, cfg.input.mean, cfg.input.std)[0] for img in images]
-    # Each image alone (three different padded sizes), then two as one padded batch.
-    batches = [pad_batch([t]) for t in tensors] + [pad_batch(tensors[:2])]
-    sizes = {tuple(b.shape) for b in batches}
-    assert len(sizes) == 4
-    for batch in batches:
-        with torch.inference_mode():
-            reference = reference_net(batch)
-        outputs = onnx_predictor.raw_outputs(batch)
-        for name, out, ref in zip(("category_logits", "kernels", "mask_features"), outputs, reference):
-            assert out.shape == tuple(ref.shape), name
-            np.testing.assert_allclose(out, ref.numpy(), rtol=0, atol=1e-4, err_msg=name)
+    assert_raw_outputs_match(model, cfg, images, lambda batch: onnx_predictor.raw_outputs(batch))
 
 
 def test_final_results_equal_pytorch(exported, images):
     path, model, cfg = exported
     expected = Predictor(model, cfg).predict_batch(images)
     got = OnnxPredictor(path, overrides=OVERRIDES).predict_batch(images)
-    for exp, res in zip(expected, got):
-        assert len(exp) > 0
-        assert np.array_equal(exp.labels, res.labels)
-        assert exp.class_names == res.class_names
-        np.testing.assert_allclose(res.scores, exp.scores, rtol=0, atol=1e-3)
-        assert res.masks.shape == exp.masks.shape
-        # Outputs differ by ~1e-5 (another convolution library), which can move a pixel whose
-        # mask probability is within that of the 0.5 threshold: allow a handful in millions.
-        differing = int((res.masks != exp.masks).sum())
-        assert differing <= 1e-5 * exp.masks.size, differing
+    assert_results_match(expected, got)
 
 
 def test_overrides_and_fixed_model_settings(exported):
