@@ -100,22 +100,12 @@ def _floor_div(a: Tensor, b: Tensor) -> Tensor:
     return torch.div(a, b, rounding_mode="floor")
 
 
-def build_targets(
-    boxes: Sequence[Tensor],
-    labels: Sequence[Tensor],
-    masks: Sequence[Tensor],
-    mask_feature_size: tuple[int, int],
-    grids: Sequence[int],
-    scale_ranges: Sequence[Sequence[float]],
-    sigma: float,
-    num_classes: int,
-) -> SOLOv2Targets:
-    """Targets for a batch of N images.
-
-    Per image i: ``boxes[i]`` (n_i, 4) x1, y1, x2, y2 at input resolution, ``labels[i]``
-    (n_i,) in 0..num_classes-1, ``masks[i]`` (n_i, H, W) 0/1 at the padded input resolution
-    with (H, W) = 4 x ``mask_feature_size``. Instances with empty masks are skipped.
-    """
+def _batch_instances(
+    boxes: Sequence[Tensor], labels: Sequence[Tensor], masks: Sequence[Tensor], mask_feature_size: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Every instance of the batch in one set of tensors: boxes (n, 4) float32, labels (n,)
+    int64, masks (n, H, W) uint8 and the image each belongs to (n,). Raises ValueError when the
+    lists differ in length or a mask is not at the padded input size (4 x mask_feature_size)."""
     if not (len(boxes) == len(labels) == len(masks)):
         raise ValueError("boxes, labels and masks need one entry per image")
     num_images = len(boxes)
@@ -137,6 +127,34 @@ def build_targets(
         torch.arange(num_images, device=device),
         torch.tensor([len(lb.reshape(-1)) for lb in labels], device=device, dtype=torch.int64),
     )
+    return all_boxes, all_labels, all_masks, image_of
+
+
+def build_targets(
+    boxes: Sequence[Tensor],
+    labels: Sequence[Tensor],
+    masks: Sequence[Tensor],
+    mask_feature_size: tuple[int, int],
+    grids: Sequence[int],
+    scale_ranges: Sequence[Sequence[float]],
+    sigma: float,
+    num_classes: int,
+) -> SOLOv2Targets:
+    """Targets for a batch of N images.
+
+    Per image i: ``boxes[i]`` (n_i, 4) x1, y1, x2, y2 at input resolution, ``labels[i]``
+    (n_i,) in 0..num_classes-1, ``masks[i]`` (n_i, H, W) 0/1 at the padded input resolution
+    with (H, W) = 4 x ``mask_feature_size``. Instances with empty masks are skipped.
+
+    It stays one function of about 90 lines: every step (level by scale, centre of mass,
+    centre region, scatter into the grids) feeds the next with the same dozen per-instance
+    tensors, in the release's order, so that it can be read against the release step by step.
+    """
+    all_boxes, all_labels, all_masks, image_of = _batch_instances(boxes, labels, masks, mask_feature_size)
+    num_images = len(boxes)
+    feat_h, feat_w = mask_feature_size
+    pad_h, pad_w = feat_h * MASK_STRIDE, feat_w * MASK_STRIDE
+    device = all_masks.device
     num_instances = all_labels.numel()
 
     grid = torch.tensor(list(grids), device=device, dtype=torch.int64).view(-1, 1)  # (L, 1)
