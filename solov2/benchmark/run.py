@@ -17,6 +17,7 @@ from ..config import Config, load_config
 from ..engine.predictor import resolve_config
 from ..model import SOLOv2
 from ..model.fuse import optimize_for_inference
+from ..engine.distributed import resolve_device
 from .agreement import agreement_section
 from .backends import backends_section
 from .floor import floor_figures, pick_floor
@@ -62,7 +63,7 @@ def check_options(options: BenchmarkOptions) -> None:
 
 
 def _run_benchmark(options: BenchmarkOptions, log: Log) -> dict[str, Any]:
-    device = torch.device(options.device)
+    device = resolve_device(options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but CUDA is not available")
     cfg, state_dict = load_setup(options)

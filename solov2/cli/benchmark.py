@@ -46,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="network input HEIGHTxWIDTH, multiples of 32 (default: 448x672)")
     parser.add_argument("--batch", type=int, default=4, help="batch N besides batch 1 (default: %(default)s)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:1 (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:1 (default: %(default)s: cuda "
+                                                         "when available)")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
     parser.add_argument("--candidates", type=int, default=500,

@@ -34,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "(default: the preset's demo size)")
     parser.add_argument("--val", type=int, default=50, help="held-out validation images (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:1 (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:1 (default: %(default)s: cuda "
+                                                         "when available)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for PyTorch (default: PyTorch's choice, usually the core count)")
     parser.add_argument("--overlays", type=int, default=12, help="validation images to draw (default: %(default)s)")

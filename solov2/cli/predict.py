@@ -36,7 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="preset name or YAML file (optional for solov2 checkpoints)")
     parser.add_argument("--weights", help="checkpoint (any supported format) or, with --backend onnxruntime/openvino, "
                                           "a .onnx file")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:1 (default: %(default)s: cuda "
+                                                         "when available)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="inference precision (bf16 on CPU, fp16 on CUDA; default: %(default)s)")
     parser.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime", "openvino"],

@@ -33,6 +33,7 @@ from ..data.image_io import read_image
 from ..data.synthetic import ShapesOptions, make_shapes
 from ..evaluation.coco_eval import format_metrics, format_per_class, load_coco
 from .evaluate import evaluate_dataset
+from .distributed import resolve_device
 from .predictor import PredictionResult, Predictor
 from .trainer import autocast_dtype, train
 
@@ -69,7 +70,7 @@ def demo_config(data_dir: Path, seed: int, overrides: Sequence[str] = (), device
 
     The preset trains under bf16 autocast; on a CPU without native bf16 the demo trains in
     float32 instead (``train.amp=true`` among the overrides forces bf16)."""
-    on_cpu = device is None or str(device).startswith("cpu")
+    on_cpu = resolve_device(device).type == "cpu"
     amp = [] if not on_cpu or cpu_has_fast_bf16() else ["train.amp=false"]
     cfg = load_config(DEMO_PRESET, [f"train.seed={seed}", *amp, *overrides])
     cfg.data.train_ann, cfg.data.train_images = str(data_dir / "train.json"), str(data_dir / "train")
@@ -105,7 +106,7 @@ def training_precision(cfg: Config, device: str | None) -> str:
     """How the demo trains, in words: "bf16 autocast", "fp16 autocast" or "fp32"."""
     if not cfg.train.amp:
         return "fp32"
-    dtype = autocast_dtype(torch.device(device or "cpu").type)
+    dtype = autocast_dtype(resolve_device(device).type)
     return f"{'fp16' if dtype == torch.float16 else 'bf16'} autocast"
 
 
@@ -169,7 +170,7 @@ def run_demo(
         path.unlink(missing_ok=True)
 
     tick = time.perf_counter()
-    predictor = Predictor.from_config(None, checkpoint, device=device or "cpu")
+    predictor = Predictor.from_config(None, checkpoint, device=device)
     metrics = evaluate_dataset(predictor.model, predictor.cfg, dataset.val_ann, dataset.val_images,
                                out_dir=out / "eval", progress=progress)
     seconds["eval"] = time.perf_counter() - tick
