@@ -20,6 +20,8 @@ EXAMPLES = """examples:
   torchrun --nproc_per_node 4 -m solov2 eval --weights w.pth --config light_448_r18 \\
       --ann val.json --images val/ --device cuda       # images split over 4 GPUs, same numbers
   solov2 eval --results runs/eval/results.json --ann val.json   # score saved predictions again
+  solov2 eval --backend openvino --weights model.int8.onnx --ann val.json --images val/ \
+      --compare-to runs/eval/metrics.json                         # INT8 AP drift against fp32
 
 outputs in --out: results.json (COCO result records: image_id, category_id = the dataset's
 own id, score, bbox [x, y, w, h] of the mask, segmentation as RLE) and metrics.json (mask_AP,
@@ -55,6 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="inference precision (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images (by id)")
+    parser.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime", "openvino"],
+                        help="pytorch (a checkpoint), or an exported .onnx (fp32 or INT8) in ONNX Runtime or "
+                             "OpenVINO (default: %(default)s)")
+    parser.add_argument("--compare-to", metavar="METRICS_JSON",
+                        help="an earlier evaluation's metrics.json (e.g. the fp32 model's): print the AP drift")
     parser.add_argument("--all-classes", action="store_true", help="list classes without ground truth too")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -63,12 +70,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.image_io import ImageReadError
     from ..engine.distributed import cleanup, init_distributed
-    from ..engine.evaluate import CategoryMatchError, evaluate_dataset
-    from ..engine.predictor import Predictor
+    from ..engine.evaluate import CategoryMatchError, evaluate_predictor
     from ..evaluation.coco_eval import AnnotationError, format_metrics, format_per_class
-    from ..model.solov2 import ModelConfigError
-
     from ..evaluation.scoring import OutputDirError, ScoringError
+    from ..model.solov2 import ModelConfigError
 
     if args.results:
         return _rescore(args)
@@ -85,15 +90,14 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(err))
     out = run_dir(args.out, args.exist_ok)
     try:
-        predictor = Predictor.from_config(args.config, args.weights, device=ctx.device,
-                                          overrides=args.overrides, precision=args.precision)
-        metrics = evaluate_dataset(
-            predictor.model, predictor.cfg, args.ann, args.images, out_dir=out, device=ctx.device,
-            progress=not args.quiet, batch_size=args.batch_size, max_images=args.max_images,
-            distributed=ctx.distributed, precision=args.precision,
+        reference = _reference_metrics(args.compare_to)
+        predictor = _build_predictor(args, ctx.device)
+        metrics = evaluate_predictor(
+            predictor, predictor.cfg, args.ann, args.images, out_dir=out, progress=not args.quiet,
+            batch_size=args.batch_size, max_images=args.max_images, distributed=ctx.distributed,
         )
     except (ConfigError, CheckpointError, AnnotationError, CategoryMatchError, ImageReadError, OutputDirError,
-            ScoringError, ModelConfigError, FileNotFoundError, ValueError) as err:
+            ScoringError, ModelConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
         return fail(str(err))
     finally:
         cleanup(ctx)
@@ -106,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_per_class(metrics["per_class"], skip_empty=not args.all_classes))
     print()
     print(format_metrics(metrics))
+    if reference is not None:
+        print(drift_line(metrics, reference, args.compare_to))
     if metrics["failed_images"]:
         print(f"\n{len(metrics['failed_images'])} images could not be read (counted with no detections); "
               f"see metrics.json", file=sys.stderr)
@@ -134,3 +140,48 @@ def _rescore(args: argparse.Namespace) -> int:
     print(format_metrics(metrics))
     print(f"\nmetrics: {metrics['metrics_file']}")
     return 0
+
+
+def _build_predictor(args: argparse.Namespace, device):
+    """The PyTorch ``Predictor``, or an exported model's predictor for --backend."""
+    from ..engine.predictor import Predictor
+
+    if args.backend == "pytorch":
+        return Predictor.from_config(args.config, args.weights, device=device, overrides=args.overrides,
+                                     precision=args.precision, batch_size=args.batch_size)
+    if args.precision != "fp32":
+        raise ConfigError(f"--backend {args.backend} runs the .onnx in its own precision (fp32 or INT8): "
+                          "drop --precision")
+    if args.config:
+        raise ConfigError(f"--backend {args.backend} reads the config from the .onnx: drop --config")
+    if args.backend == "openvino":
+        from ..export.openvino_backend import OpenVinoPredictor
+
+        return OpenVinoPredictor(args.weights, overrides=args.overrides, batch_size=args.batch_size)
+    from ..export.onnx_runtime import OnnxPredictor
+
+    providers = ["CPUExecutionProvider"] if device.type == "cpu" else None
+    return OnnxPredictor(args.weights, overrides=args.overrides, batch_size=args.batch_size, providers=providers)
+
+
+def _reference_metrics(path: str | None) -> dict | None:
+    """The metrics.json of an earlier evaluation to compare with (--compare-to)."""
+    if path is None:
+        return None
+    import json
+
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable metrics.json ({err})") from err
+    if not isinstance(metrics, dict) or "mask_AP" not in metrics:
+        raise ValueError(f"{path}: no mask_AP inside (a metrics.json written by solov2 eval is expected)")
+    return metrics
+
+
+def drift_line(metrics: dict, reference: dict, source: str) -> str:
+    """Mask and box AP, AP50 and AP75 against the reference, in points (percent)."""
+    parts = [f"{kind} {name} {100 * (metrics[key] - reference[key]):+.2f}"
+             for kind in ("mask", "box") for name in ("AP", "AP50", "AP75")
+             if (key := f"{kind}_{name}") in metrics and key in reference]
+    return f"drift against {source} (points): " + ", ".join(parts)

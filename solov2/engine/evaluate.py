@@ -199,14 +199,37 @@ def evaluate_dataset(
     process (e.g. rank 0 during training) calls it. ``model`` may be wrapped in DDP; its
     training mode is restored afterwards. ``device`` defaults to the model's device.
     """
-    if distributed is None:
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
     net = _unwrap(model)
     if device is None:
         param = next(net.parameters(), None)
         device = param.device if param is not None else "cpu"
+    was_training = net.training
+    try:
+        predictor = Predictor(net, cfg, device, precision=precision, batch_size=batch_size)
+        return evaluate_predictor(predictor, cfg, ann_file, images_dir, out_dir, progress,
+                                  batch_size=batch_size, max_images=max_images, distributed=distributed)
+    finally:
+        net.train(was_training)
+
+
+def evaluate_predictor(
+    predictor: Any,
+    cfg: Config,
+    ann_file: str | Path,
+    images_dir: str | Path,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    *,
+    batch_size: int = 4,
+    max_images: int | None = None,
+    distributed: bool | None = None,
+) -> dict[str, Any]:
+    """``evaluate_dataset`` for any predictor with ``predict_batch`` (the PyTorch ``Predictor``,
+    or an exported model's: ``OnnxPredictor``, ``OpenVinoPredictor``); ``cfg`` gives its classes."""
+    if distributed is None:
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
     out = prepare_out_dir(out_dir) if out_dir is not None and rank == 0 else None
     coco = load_coco(ann_file)
     images_dir = Path(images_dir)
@@ -219,14 +242,8 @@ def evaluate_dataset(
     if rank == 0:  # mismatched classes change what the numbers mean: said even without progress
         for note in notes:
             print(f"warning: {note}", file=sys.stderr)
-
-    was_training = net.training
-    try:
-        predictor = Predictor(net, cfg, device, precision=precision, batch_size=batch_size)
-        shard = predict_shard(predictor, coco, image_ids[rank::world], images_dir, mapping,
-                              batch_size=batch_size, progress=progress and rank == 0)
-    finally:
-        net.train(was_training)
+    shard = predict_shard(predictor, coco, image_ids[rank::world], images_dir, mapping,
+                          batch_size=batch_size, progress=progress and rank == 0)
     shards = _gather(shard, distributed)
 
     metrics: dict[str, Any] | None = None
