@@ -19,8 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/solov2 demo --out runs/demo
 
+# The OpenVINO tests in a process of their own (tests/conftest.py says why).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not openvino"
+	$(BIN)/python -m pytest -q -m openvino
 
 # The PyTorch-free runtime installed alone, as docs/deploy.md says: no torch in its venv, and it
 # predicts with a model that solov2 exports.

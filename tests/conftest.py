@@ -26,6 +26,14 @@ def photos() -> list[Path]:
     return paths
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that load OpenVINO run after all others. With OpenVINO's runtime loaded, a later
+    PyTorch training test in the same process crashed (segmentation fault) in the full suite
+    here; `make test` runs them in a process of their own (-m openvino), and this order keeps a
+    plain `pytest` run from putting PyTorch work after them."""
+    items.sort(key=lambda item: item.get_closest_marker("openvino") is not None)
+
+
 @pytest.fixture(scope="session")
 def casia_dir() -> Path:
     """The larger real annotated set (200 photos, 682 instances) beside the repository; the

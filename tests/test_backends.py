@@ -16,6 +16,7 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
+pytestmark = pytest.mark.openvino  # see conftest.py: OpenVINO and later PyTorch training in one process
 
 from _backend_checks import assert_raw_outputs_match, assert_results_match  # noqa: E402
 from solov2.checkpoint import atomic_save, make_checkpoint  # noqa: E402

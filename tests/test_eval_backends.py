@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
+pytestmark = pytest.mark.openvino  # see conftest.py: OpenVINO and later PyTorch training in one process
 
 from solov2.cli import main  # noqa: E402
 from solov2.config import load_config  # noqa: E402

@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.openvino  # see conftest.py: OpenVINO and later PyTorch training in one process
 
 import onnx  # noqa: E402
 
