@@ -247,3 +247,14 @@ def test_generated_coco_size_file_is_inspected(tmp_path):
     assert report["dataset"]["images"] == 40 and report["dataset"]["annotations"] == 300
     assert report["dataset"]["usable_instances"] == 300
     assert len(report["assignment"]) == 2
+
+
+def test_a_second_report_goes_to_a_new_folder(tmp_path, capsys):
+    ann, folder = write_instances(tmp_path, clean_images(2))
+    out = tmp_path / "report"
+    args = ["inspect", "--config", DEMO, "--ann", str(ann), "--images", str(folder), "--no-plots", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    first = (out / "report.json").read_text()
+    assert main([*args, "--out", str(out)]) == 0
+    assert (tmp_path / "report2" / "report.json").is_file() and (out / "report.json").read_text() == first
+    assert main([*args, "--out", str(out), "--exist-ok"]) == 0 and not (tmp_path / "report3").exists()

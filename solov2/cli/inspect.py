@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_arguments, config_or_exit, fail, formatter
+from .common import add_config_arguments, add_exist_ok, config_or_exit, fail, formatter, run_dir
 
 EPILOG = """\
 examples:
@@ -33,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(parser, required=True)
     parser.add_argument("--ann", required=True, help="COCO-format annotation file (train.json)")
     parser.add_argument("--images", required=True, help="folder the file_name entries are relative to")
-    parser.add_argument("--out", default="runs/inspect", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="runs/inspect", help="output folder (default: %(default)s; runs/inspect2, "
+                                                               "... when it holds an earlier report)")
+    add_exist_ok(parser)
     parser.add_argument("--all-scales", action="store_true",
                         help="grid assignment at every training scale (default: the smallest and the largest)")
     parser.add_argument("--read-images", action="store_true",
@@ -49,13 +51,14 @@ def run(args: argparse.Namespace) -> int:
     from ..diagnostics.plots import MissingMatplotlib
 
     cfg = config_or_exit(args.config, args.overrides)
+    out = run_dir(args.out, args.exist_ok)
     try:
-        result = inspect_dataset(cfg, args.ann, args.images, args.out, read_images=args.read_images,
+        result = inspect_dataset(cfg, args.ann, args.images, out, read_images=args.read_images,
                                  all_scales=args.all_scales, plots=not args.no_plots, progress=not args.quiet)
     except (DatasetError, MissingMatplotlib) as err:
         return fail(str(err))
     except OSError as err:
-        return fail(f"cannot write the report to {args.out}: {err}")
+        return fail(f"cannot write the report to {out}: {err}")
     print("\n".join(result.summary))
     print(f"report: {', '.join(str(p) for p in result.files)} ({result.report['seconds']} s)")
     return 0
