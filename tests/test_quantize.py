@@ -120,3 +120,25 @@ def test_int8_finds_every_confident_instance(demo_model, backend):
     assert figures["confident_mask_iou"]["min"] >= 0.85, figures
     assert figures["matched_score_abs_diff"]["mean"] < 0.05, figures
     assert np.isfinite(figures["matched_mask_iou"]["mean"])
+
+
+@pytest.mark.slow
+def test_runtime_equals_pytorch_postprocessing_on_the_demo_model(demo_model):
+    """solov2-runtime's NumPy post-processing against the PyTorch one on the same fp32 .onnx of
+    a trained model (the demo's, small): labels and order equal, scores within 1e-5, masks
+    equal but for pixels within 1e-5 of mask_thr."""
+    from solov2_runtime import Runtime
+    from solov2_runtime.preprocess import pad_arrays, preprocess_array
+    from test_runtime_postprocess import assert_same_instances
+
+    out, onnx_path = demo_model
+    runtime, reference = Runtime(onnx_path, num_threads=1), OnnxPredictor(onnx_path, num_threads=1)
+    images = [read_image(p) for p in sorted((out / "data" / "val").glob("*.png"))]
+    expected, got = reference.predict_batch(images), runtime.predict_batch(images)
+    assert sum(len(e) for e in expected) >= 8  # the trained model finds the shapes
+    inp = runtime.settings.input
+    for image, exp, res in zip(images, expected, got):
+        array, size = preprocess_array(image, inp.test_scale, inp.mean, inp.std)
+        logits, kernels, features = (o[0] for o in runtime.raw_outputs(pad_arrays([array])))
+        assert_same_instances(exp, res, logits, kernels, features, size, image.shape[:2], runtime.settings.test)
+        assert exp.class_names == res.class_names and exp.category_ids == res.category_ids
