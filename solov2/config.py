@@ -343,11 +343,13 @@ def _check_rule(value: Any, rule: dict[str, Any], key: str) -> None:
             raise ConfigError(f"config key '{key}' must be at most {high}, got {value!r}")
 
 
-def _validate_section(obj: Any, prefix: str) -> None:
+def validate_fields(obj: Any, prefix: str = "") -> None:
+    """Check one config section's fields (and those of its sub-sections) against their declared
+    ranges; ``prefix`` ("train.") names the keys in the error."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            _validate_section(value, f"{prefix}{f.name}.")
+            validate_fields(value, f"{prefix}{f.name}.")
         elif "rule" in f.metadata:
             _check_rule(value, f.metadata["rule"], prefix + f.name)
 
@@ -355,7 +357,7 @@ def _validate_section(obj: Any, prefix: str) -> None:
 def validate(cfg: Config) -> Config:
     """Check every field against its declared range and the rules that tie fields together;
     raises ``ConfigError`` naming the key. Returns ``cfg``."""
-    _validate_section(cfg, "")
+    validate_fields(cfg)
     model = cfg.model
     for index, (low, high) in enumerate(model.scale_ranges):
         if low > high:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from solov2.config import ConfigError, available_presets, config_from_dict, load_config
 
@@ -65,3 +66,16 @@ def test_stored_configs_are_validated_too():
 @pytest.mark.parametrize("name", available_presets())
 def test_every_preset_is_within_range(name):
     load_config(name)  # raises on any out-of-range value
+
+
+def test_train_checks_a_config_built_in_python(tmp_path):
+    from solov2.engine.train_setup import build_optimizer
+    from solov2.engine.trainer import train
+
+    cfg = load_config("light_448_r18")
+    cfg.train.optimizer = "adam"  # set in Python: not through load_config's check
+    with pytest.raises(ConfigError, match="'train.optimizer' must be one of 'sgd', 'adamw', got 'adam'"):
+        train(cfg, tmp_path / "run", device="cpu", progress=False)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    with pytest.raises(ConfigError, match="'train.optimizer'"):
+        build_optimizer(torch.nn.Linear(2, 2), cfg.train, 0.01)

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint import load_checkpoint, load_weights
-from ..config import Config, ConfigError, ModelConfig, TrainConfig
+from ..config import Config, ModelConfig, TrainConfig, validate_fields
 from ..data.augment import TrainTransform, collate
 from ..data.coco import CocoInstances, DatasetError
 from ..data.sampler import GroupedBatchSampler
@@ -78,18 +78,10 @@ def adopt_classes(model_cfg: ModelConfig, dataset: CocoInstances) -> None:
         model_cfg.class_names = list(dataset.class_names)
 
 
-OPTIMIZERS = ("sgd", "adamw")
-
-
-def check_optimizer(train_cfg: TrainConfig) -> None:
-    """Raise ConfigError unless ``train.optimizer`` is one of OPTIMIZERS."""
-    if train_cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {train_cfg.optimizer!r}")
-
-
 def build_optimizer(model: nn.Module, train_cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD with momentum (the release's) or AdamW, over the trainable parameters."""
-    check_optimizer(train_cfg)
+    """SGD with momentum (the release's) or AdamW, over the trainable parameters; raises
+    ConfigError for a ``train`` section outside its declared ranges."""
+    validate_fields(train_cfg, "train.")
     params = [p for p in model.parameters() if p.requires_grad]
     if train_cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)

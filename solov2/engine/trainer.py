@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import Config, save_config
+from ..config import Config, save_config, validate
 from ..data.augment import TrainBatch
 from .checkpointing import (ResumePoint, check_new_run, open_resume_point, prune_epoch_checkpoints,
                             restore_training_state, save_training_checkpoint)
@@ -40,8 +40,8 @@ from .distributed import DistributedContext, barrier, broadcast_flag, cleanup, i
 from .health import TrainingHealth
 from .train_log import LogWindow, TrainLog
 from .train_step import train_step
-from .train_setup import (OPTIMIZERS, adopt_classes, autocast_dtype, build_dataset, build_loader, build_model,
-                          build_optimizer, check_optimizer, learning_rate, load_dataset, scaled_lr, total_iterations)
+from .train_setup import (adopt_classes, autocast_dtype, build_dataset, build_loader, build_model,
+                          build_optimizer, learning_rate, load_dataset, scaled_lr, total_iterations)
 from .train_types import StepObserver, StepResult, TrainingError, TrainingInterrupted, TrainState
 
 logger = logging.getLogger("solov2.train")
@@ -80,10 +80,10 @@ class _Run:
 
     def setup(self, resume: bool | str | Path, load_from: str | None, backbone_weights: str | None,
               max_iters: int | None) -> None:
-        """Everything before the first step, cheapest checks first: the optimizer name, the
-        resume point, the data (a dataset problem stops the run before anything heavy), the
+        """Everything before the first step, cheapest checks first: the config's values (a
+        Config built in Python has not been through ``load_config``), the resume point, the data (a dataset problem stops the run before anything heavy), the
         model, the optimizer (and the saved state when resuming), the loader, config.yaml."""
-        check_optimizer(self.cfg.train)
+        validate(self.cfg)
         point = None
         if resume:
             point = open_resume_point(resume, self.work_dir, self.cfg)
@@ -412,7 +412,6 @@ def train(
 
 
 __all__ = [
-    "OPTIMIZERS",
     "StepObserver",
     "StepResult",
     "TrainState",
@@ -422,7 +421,6 @@ __all__ = [
     "autocast_dtype",
     "build_dataset",
     "build_optimizer",
-    "check_optimizer",
     "learning_rate",
     "scaled_lr",
     "train",
