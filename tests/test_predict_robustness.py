@@ -21,6 +21,8 @@ import pytest
 from solov2_runtime.cli import main as runtime_main
 from solov2_runtime.cli import run_predict
 from solov2_runtime.predict_files import open_video_writer, predict_files
+from solov2_runtime.results_log import assemble_results
+from solov2_runtime.results_log import main as assemble_main
 from solov2_runtime.predict_options import (ClassFilter, OptionError, apply_long_side, onnx_providers,
                                             shortcut_overrides)
 from solov2_runtime.runtime import Result
@@ -104,6 +106,64 @@ def test_a_stop_signal_during_predict_exits_130_with_valid_results_of_the_images
     assert f"holds the {len(done)} image(s)" in stderr
     assert len(records) == 3 * len(done)  # each image done has all its records
     assert not list(out.glob("*.tmp*"))
+
+
+def test_kill_9_during_predict_leaves_the_records_of_every_image_done(tmp_path):
+    inputs = _images(tmp_path / "in", 60)
+    out = tmp_path / "out"
+    script = SIGINT_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out), inputs=str(inputs))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "runtime")]))
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(out.rglob("*.png"))) < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (out / "results.json").exists()  # nobody could assemble it
+    lines = (out / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line whole
+    done = {r["file_name"] for r in records}
+    assert len(done) >= 2  # at least the images whose overlays were seen before the next began
+    assert all(sum(r["file_name"] == name for r in records) == 3 for name in done)
+    overlays = {p.stem for p in out.rglob("*.png")}
+    assert {Path(name).stem for name in done} <= overlays
+    # The lines make the results.json an ended run would have written.
+    assert assemble_main([str(out)]) == 0
+    assert json.loads((out / "results.json").read_text()) == records
+    assert not (out / "results.jsonl").exists()
+    assert assemble_main([str(out)]) == 2  # nothing left to assemble
+
+
+def test_assembling_drops_a_last_line_cut_short_and_refuses_a_broken_middle(tmp_path):
+    lines = tmp_path / "results.jsonl"
+    lines.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "segm')
+    assert assemble_results(lines, tmp_path / "results.json") == 2
+    assert json.loads((tmp_path / "results.json").read_text()) == [{"a": 1}, {"a": 2}]
+    lines.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
+    with pytest.raises(ValueError, match="line 2 is not a JSON record"):
+        assemble_results(lines, tmp_path / "again.json")
+    assert not (tmp_path / "again.json").exists()
+
+
+def test_a_video_whose_copy_cannot_be_written_is_still_predicted_and_the_rest_goes_on(tmp_path, capsys):
+    inputs = _images(tmp_path / "in", 2)
+    writer = cv2.VideoWriter(str(inputs / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5, (32, 24))
+    for i in range(4):
+        writer.write(np.full((24, 32, 3), 50 * i, np.uint8))
+    writer.release()
+    out = tmp_path / "out"
+    (out / "in" / "clip.mp4").mkdir(parents=True)  # where the annotated copy would go
+    code = run_predict(_args(out, exist_ok=True), [str(inputs)], FakePredictor, ())
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert f"error: {out / 'in' / 'clip.mp4'}: OpenCV cannot open a video writer" in err
+    records = json.loads((out / "results.json").read_text())
+    assert sorted({r.get("frame") for r in records if r["file_name"].endswith(".mp4")}) == [0, 1, 2, 3]
+    assert {Path(r["file_name"]).name for r in records} == {"img000.png", "img001.png", "clip.mp4"}
+    assert (out / "in" / "img000.png").is_file() and (out / "in" / "clip.mp4").is_dir()
+    assert not (out / "results.jsonl").exists()
 
 
 def test_crash_midway_keeps_the_records_done_and_says_so(tmp_path, capsys):

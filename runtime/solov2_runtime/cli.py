@@ -7,10 +7,12 @@ import contextlib
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .outputs import OutputDirError, add_exist_ok, prepare_out_dir, run_dir
 from .predict_files import BatchPredictor, PredictInterrupted, predict_files
+from .results_log import LINES_NAME, RESULTS_NAME
 from .predict_options import OptionError, add_shortcut_arguments, check_onnx_model, shortcut_overrides, with_shortcuts
 from .settings import SettingsError
 from .sources import collect_sources
@@ -29,7 +31,9 @@ OUTPUTS_HELP = """outputs in --out (runs/predict2, 3, ... when it holds an earli
 one overlay per image (PNG for PNG inputs, else JPEG; a folder's or glob's structure kept),
 an annotated .mp4 per video, results.json (COCO-style records with RLE masks of every
 instance kept after Matrix NMS, scores >= test.update_thr; video records carry a "frame"
-index; written on Ctrl-C too, for the inputs done) and, with --save-masks, one PNG per
+index; written on Ctrl-C too, for the inputs done; while the job runs, results.jsonl holds
+them one a line, what a killed job leaves: python -m solov2_runtime.results_log OUT makes
+results.json of it) and, with --save-masks, one PNG per
 instance scored >= --show-thr under masks/. Exit code 0: all inputs predicted; 1: some
 inputs failed (listed on stderr); 2: nothing could be predicted (bad model, bad option, no
 readable input, unwritable --out); 130: interrupted (results.json holds the inputs done).
@@ -102,11 +106,17 @@ def run_predict(args: argparse.Namespace, inputs: Sequence[str],
         print(stop, file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as err:
-        return fail(f"cannot write the outputs: {err}; {out / 'results.json'} holds the inputs done")
+        return fail(f"cannot write the outputs: {err}; {kept_results(out)} holds the inputs done")
     except Exception as err:  # a failing model or backend: the inputs done are kept
-        return fail(f"prediction stopped ({type(err).__name__}: {err}); {out / 'results.json'} holds "
+        return fail(f"prediction stopped ({type(err).__name__}: {err}); {kept_results(out)} holds "
                     "the inputs done")
     return report(summary, problems, predictor, args.no_overlays)
+
+
+def kept_results(out: Path) -> Path:
+    """The results file a stopped job left: results.json, or the lines it could not assemble."""
+    assembled = out / RESULTS_NAME
+    return assembled if assembled.is_file() else out / LINES_NAME
 
 
 def report(summary, problems: list[str], predictor: BatchPredictor, no_overlays: bool) -> int:

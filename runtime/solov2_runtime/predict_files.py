@@ -14,10 +14,10 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import cv2
 import numpy as np
 
-from .atomic import write_json_atomic
 from .image_io import ImageReadError, read_image
 from .progress import Progress
 from .records import InstanceResult, to_coco_records
+from .results_log import ResultsLog
 from .sources import Source, VideoReadError, open_video, read_frames
 from .visualize import draw_result
 
@@ -112,8 +112,20 @@ def open_video_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[cv
         if writer.isOpened():
             return writer, codec
         writer.release()
-    path.unlink(missing_ok=True)
+    if path.is_file():
+        path.unlink()
     raise OSError(f"{path}: OpenCV cannot open a video writer (avc1 or mp4v)")
+
+
+def _video_writer_or_none(path: Path, fps: float, size: tuple[int, int],
+                          fail: Callable[[str], None]) -> cv2.VideoWriter | None:
+    """``open_video_writer``, or None after reporting why through ``fail``."""
+    try:
+        return open_video_writer(path, fps, size)[0]
+    except OSError as err:
+        fail(f"{err}; the video's frames are still predicted into results.json, without the "
+             "annotated copy (check that the folder is writable, or use --no-overlays)")
+        return None
 
 
 def _save_masks(result: InstanceResult, folder: Path, stem: str, min_score: float) -> None:
@@ -147,31 +159,35 @@ def predict_files(
     Overlays, videos and masks show the instances scored ``show_thr`` or more; the results
     file keeps every instance the model returned.
 
-    An unreadable file is reported on stderr and skipped; the others go on. ``results.json``
-    is written (atomically) at the end, and also when the job stops early: on Ctrl-C it holds
-    the inputs done and ``PredictInterrupted`` is raised; any other exception propagates.
+    An unreadable file, or a video whose annotated copy cannot be written, is reported on
+    stderr and in ``summary.failures``; the others go on. Each input's records are flushed to
+    ``results.jsonl`` as it is done (``results_log``), and ``results.json`` is assembled from
+    them (atomically) at the end, and also when the job stops early: on Ctrl-C it holds the
+    inputs done and ``PredictInterrupted`` is raised; any other exception propagates. Killed
+    outright, the job leaves ``results.jsonl`` with the inputs done.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = PredictSummary(out_dir, out_dir / "results.json")
-    records: list[dict] = []
+    results_log = ResultsLog(out_dir)
+    summary = PredictSummary(out_dir, results_log.results_file)
     try:
-        _predict_all(predictor, sources, out_dir, summary, records, save_masks, save_overlays,
+        _predict_all(predictor, sources, out_dir, summary, results_log, save_masks, save_overlays,
                      frame_stride, batch_size, show_thr, progress)
     except KeyboardInterrupt as err:
-        write_json_atomic(records, summary.results_file)
+        results_log.close()
         raise PredictInterrupted(summary) from err
     except BaseException:
-        write_json_atomic(records, summary.results_file)
+        with contextlib.suppress(OSError):  # the first error is the one to report
+            results_log.close()
         raise
-    write_json_atomic(records, summary.results_file)
+    results_log.close()
     return summary
 
 
 def _predict_all(predictor: BatchPredictor, sources: list[Source], out_dir: Path, summary: PredictSummary,
-                 records: list[dict], save_masks: bool, save_overlays: bool, frame_stride: int,
+                 results_log: ResultsLog, save_masks: bool, save_overlays: bool, frame_stride: int,
                  batch_size: int, show_thr: float, progress: bool) -> None:
-    """The job's loop; appends to ``records`` and ``summary`` as each input is done."""
+    """The job's loop; adds to ``results_log`` and ``summary`` as each input is done."""
     images = [s for s in sources if not s.is_video]
     videos = [s for s in sources if s.is_video]
     total = len(images) + sum(_frame_count(v.path, frame_stride) for v in videos)
@@ -182,11 +198,11 @@ def _predict_all(predictor: BatchPredictor, sources: list[Source], out_dir: Path
         bar.write(f"error: {message}")
 
     try:
-        _predict_images(predictor, images, out_dir, summary, records, bar, fail, save_masks,
+        _predict_images(predictor, images, out_dir, summary, results_log, bar, fail, save_masks,
                         save_overlays, batch_size, show_thr)
         for source in videos:
             try:
-                _predict_video(predictor, source, out_dir, summary, records, bar, frame_stride,
+                _predict_video(predictor, source, out_dir, summary, results_log, bar, fail, frame_stride,
                                batch_size, save_masks, save_overlays, show_thr)
                 summary.videos += 1
             except VideoReadError as err:
@@ -196,9 +212,9 @@ def _predict_all(predictor: BatchPredictor, sources: list[Source], out_dir: Path
 
 
 def _predict_images(predictor: BatchPredictor, images: list[Source], out_dir: Path, summary: PredictSummary,
-                    records: list[dict], bar: Progress, fail: Callable[[str], None], save_masks: bool,
+                    results_log: ResultsLog, bar: Progress, fail: Callable[[str], None], save_masks: bool,
                     save_overlays: bool, batch_size: int, show_thr: float) -> None:
-    """The image sources, ``batch_size`` at a time; records are appended as each is done."""
+    """The image sources, ``batch_size`` at a time; records are written as each is done."""
     for chunk in _chunks(images, batch_size):
         loaded: list[tuple[Source, np.ndarray]] = []
         for source in chunk:
@@ -216,7 +232,7 @@ def _predict_images(predictor: BatchPredictor, images: list[Source], out_dir: Pa
                     fail(f"{target}: could not write the overlay")
             if save_masks:
                 _save_masks(result, out_dir / "masks" / source.relative.parent, source.relative.stem, show_thr)
-            records += to_coco_records(result, file_name=str(source.path))
+            results_log.add(to_coco_records(result, file_name=str(source.path)))
             summary.images += 1
             summary.count(result)
             bar.update(1)
@@ -230,9 +246,10 @@ def _frame_count(path: Path, stride: int) -> int:
 
 
 def _predict_video(predictor: BatchPredictor, source: Source, out_dir: Path, summary: PredictSummary,
-                   records: list[dict], bar: Progress, stride: int, batch_size: int, save_masks: bool,
+                   results_log: ResultsLog, bar: Progress, fail: Callable[[str], None], stride: int, batch_size: int, save_masks: bool,
                    save_overlays: bool, show_thr: float) -> None:
-    """One video: its frames' records are appended to ``records`` as they are done."""
+    """One video: its frames' records are written as they are done. When the annotated copy
+    cannot be written, ``fail`` says so and the frames are still predicted."""
     capture, fps, _, (width, height) = open_video(source.path)
     writer = None
     target = (out_dir / source.relative).with_suffix(".mp4")
@@ -240,7 +257,7 @@ def _predict_video(predictor: BatchPredictor, source: Source, out_dir: Path, sum
     try:
         if save_overlays:
             target.parent.mkdir(parents=True, exist_ok=True)
-            writer, _ = open_video_writer(target, fps / stride, (width, height))
+            writer = _video_writer_or_none(target, fps / stride, (width, height), fail)
         batch: list[tuple[int, np.ndarray]] = []
         frames = read_frames(capture, stride)
         while True:
@@ -249,9 +266,8 @@ def _predict_video(predictor: BatchPredictor, source: Source, out_dir: Path, sum
                 break
             results = predictor.predict_batch([frame for _, frame in batch])
             for (index, frame), result in zip(batch, results):
-                for record in to_coco_records(result, file_name=str(source.path)):
-                    record["frame"] = index
-                    records.append(record)
+                records = to_coco_records(result, file_name=str(source.path))
+                results_log.add({**record, "frame": index} for record in records)
                 if writer is not None:
                     writer.write(draw_result(frame, result, min_score=show_thr))
                 if save_masks:
