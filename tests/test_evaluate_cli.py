@@ -168,3 +168,41 @@ def test_torchrun_gives_the_same_numbers(random_checkpoint, photo_ann, tmp_path)
     # Only rank 0 prints the tables.
     assert multi.stdout.count("results:") == 1
     assert np.isfinite(one["mask_AP"])
+
+
+def test_ctrl_c_during_eval_keeps_the_images_done_and_names_the_command_that_scores_them(
+        random_checkpoint, photo_ann, tmp_path, capsys, monkeypatch):
+    from solov2.engine.predictor import Predictor
+
+    calls = []
+    predict_batch = Predictor.predict_batch
+
+    def stopping(self, images):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return predict_batch(self, images)
+
+    monkeypatch.setattr(Predictor, "predict_batch", stopping)
+    out = tmp_path / "eval"
+    code = main(["eval", "--weights", str(random_checkpoint), "--ann", str(photo_ann), "--images", str(PHOTOS),
+                 "--out", str(out), "--device", "cpu", "--quiet", "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in err
+    command = f"solov2 eval --results {out / 'results.json'} --ann {photo_ann} --max-images 2"
+    assert err.strip() == (f"interrupted after 2 of 4 images; {out / 'results.json'} holds the predictions of "
+                           f"those images; score them with: {command}")
+    records = json.loads((out / "results.json").read_text())
+    first_two = sorted(COCO(str(photo_ann)).getImgIds())[:2]
+    assert records and {r["image_id"] for r in records} <= set(first_two)
+    assert not (out / "metrics.json").exists()
+    # The command it names works, and scores exactly what a 2-image evaluation scores.
+    monkeypatch.setattr(Predictor, "predict_batch", predict_batch)
+    assert main(command.split()[1:] + ["--quiet"]) == 0
+    rescored = json.loads((out / "metrics.json").read_text())
+    direct_out = tmp_path / "direct"
+    assert main(["eval", "--weights", str(random_checkpoint), "--ann", str(photo_ann), "--images", str(PHOTOS),
+                 "--out", str(direct_out), "--device", "cpu", "--quiet", "--batch-size", "1",
+                 "--max-images", "2"]) == 0
+    direct = json.loads((direct_out / "metrics.json").read_text())
+    assert rescored["mask_AP"] == direct["mask_AP"] and rescored["detections"] == direct["detections"]

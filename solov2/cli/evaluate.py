@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
-from .common import add_config_arguments, add_exist_ok, fail, formatter, run_dir
+from .common import EXIT_INTERRUPTED, add_config_arguments, add_exist_ok, fail, formatter, run_dir
 
 DEFAULT_OUT = "runs/eval"
 
@@ -31,8 +32,10 @@ them; the printed tables show percentages, as papers do. Unreadable images are r
 each and counted as images without detections. Ground truth that cannot be rasterised (empty or
 degenerate polygons, masks outside the image, malformed RLE) is left out as training leaves it
 out, and counted. results.json is written before scoring, so a scoring failure keeps the
-predictions; --results scores them again. When --out holds an earlier run, eval writes to
-OUT2 (OUT3, ...) unless --exist-ok.
+predictions; --results scores them again. Ctrl-C while predicting (one process) writes
+results.json for the images done (the first N by id), exits 130 and prints the --results
+command that scores them. When --out holds an earlier run, eval writes to OUT2 (OUT3, ...)
+unless --exist-ok.
 """
 
 
@@ -70,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.image_io import ImageReadError
     from ..engine.distributed import cleanup, init_distributed
-    from ..engine.evaluate import CategoryMatchError, evaluate_predictor
+    from ..engine.evaluate import CategoryMatchError, EvaluationInterrupted, evaluate_predictor
     from ..evaluation.coco_eval import AnnotationError, format_metrics, format_per_class
     from ..evaluation.scoring import OutputDirError, ScoringError
     from ..model.solov2 import ModelConfigError
@@ -96,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
             predictor, predictor.cfg, args.ann, args.images, out_dir=out, progress=not args.quiet,
             batch_size=args.batch_size, max_images=args.max_images, distributed=ctx.distributed,
         )
+    except EvaluationInterrupted as stop:
+        if ctx.is_main:
+            print(interrupted_line(stop, args.ann), file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ConfigError, CheckpointError, AnnotationError, CategoryMatchError, ImageReadError, OutputDirError,
             ScoringError, ModelConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
         return fail(str(err))
@@ -117,6 +124,16 @@ def run(args: argparse.Namespace) -> int:
               f"see metrics.json", file=sys.stderr)
     print(f"\nresults: {metrics['results_file']}\nmetrics: {metrics['metrics_file']}")
     return 0
+
+
+def interrupted_line(stop, ann: str) -> str:
+    """What an evaluation stopped by Ctrl-C kept, and the command that scores it."""
+    line = str(stop)
+    if stop.results_file is not None and stop.shard.done:
+        line += (f"; {stop.results_file} holds the predictions of those images; score them with: "
+                 f"solov2 eval --results {shlex.quote(str(stop.results_file))} --ann {shlex.quote(ann)} "
+                 f"--max-images {stop.shard.done}")
+    return line
 
 
 def _rescore(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from pycocotools.coco import COCO
 from torch import nn
 from tqdm import tqdm
 
+from ..atomic import write_json_atomic
 from ..config import Config
 from ..data.coco_classes import COCO_CATEGORY_IDS, class_names_and_ids
 from ..data.image_io import ImageReadError, read_image
@@ -44,6 +45,17 @@ class ShardOutput:
     failures: list[str] = field(default_factory=list)
     images: int = 0
     seconds: float = 0.0
+    done: int = 0  # images whose batch finished, read or not: a prefix of the shard's images
+
+
+class EvaluationInterrupted(KeyboardInterrupt):
+    """Ctrl-C while predicting; ``results_file`` (or None) holds the predictions of the first
+    ``done`` images by id, which ``solov2 eval --results FILE --max-images DONE`` scores."""
+
+    def __init__(self, shard: ShardOutput, total: int):
+        super().__init__(f"interrupted after {shard.done} of {total} images")
+        self.shard, self.total = shard, total
+        self.results_file: Path | None = None
 
 
 def _normalize(name: str) -> str:
@@ -119,8 +131,19 @@ def predict_shard(
     batch_size: int = 4,
     progress: bool = True,
 ) -> ShardOutput:
-    """Predict the given images; unreadable ones are reported (one line each) and skipped."""
+    """Predict the given images; unreadable ones are reported (one line each) and skipped.
+    Ctrl-C raises ``EvaluationInterrupted`` with what was done."""
     out = ShardOutput()
+    try:
+        _predict_into(out, predictor, coco, image_ids, images_dir, label_to_category, batch_size, progress)
+    except KeyboardInterrupt as err:
+        raise EvaluationInterrupted(out, len(image_ids)) from err
+    return out
+
+
+def _predict_into(out: ShardOutput, predictor: Predictor, coco: COCO, image_ids: Sequence[int], images_dir: Path,
+                  label_to_category: Sequence[int], batch_size: int, progress: bool) -> None:
+    """``predict_shard``'s loop: fills ``out`` as each batch is done."""
     infos = coco.loadImgs(list(image_ids))
     batches = [infos[i : i + batch_size] for i in range(0, len(infos), batch_size)]
     bar = tqdm(total=len(infos), unit="img", desc="eval", disable=not progress, dynamic_ncols=True)
@@ -147,10 +170,10 @@ def predict_shard(
                 records = to_coco_records(result, image_id=info["id"], category_ids=label_to_category)
                 out.records += [r for r in records if r["category_id"] >= 0]
                 out.images += 1
+            out.done += len(batch)
             bar.update(len(batch))
     out.seconds = time.perf_counter() - start
     bar.close()
-    return out
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -242,8 +265,14 @@ def evaluate_predictor(
     if rank == 0:  # mismatched classes change what the numbers mean: said even without progress
         for note in notes:
             print(f"warning: {note}", file=sys.stderr)
-    shard = predict_shard(predictor, coco, image_ids[rank::world], images_dir, mapping,
-                          batch_size=batch_size, progress=progress and rank == 0)
+    try:
+        shard = predict_shard(predictor, coco, image_ids[rank::world], images_dir, mapping,
+                              batch_size=batch_size, progress=progress and rank == 0)
+    except EvaluationInterrupted as stop:
+        if out is not None and not distributed:  # the done images are the first ones by id
+            stop.results_file = out / "results.json"
+            write_json_atomic(_sorted_records(stop.shard.records), stop.results_file)
+        raise
     shards = _gather(shard, distributed)
 
     metrics: dict[str, Any] | None = None
@@ -257,11 +286,14 @@ def evaluate_predictor(
     return metrics
 
 
+def _sorted_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(records, key=lambda r: (image_id_order(r["image_id"]), -r["score"]))
+
+
 def _score_shards(coco: GroundTruth, shards: list[ShardOutput], image_ids: list[Any], notes: list[str],
                   out: Path | None, progress: bool) -> dict[str, Any]:
     """Rank 0: the gathered records scored (``score_records``), with the run's counts."""
-    records = [r for s in shards for r in s.records]
-    records.sort(key=lambda r: (image_id_order(r["image_id"]), -r["score"]))
+    records = _sorted_records([r for s in shards for r in s.records])
     failures = [f for s in shards for f in s.failures]
     seconds = max(s.seconds for s in shards)
     images = sum(s.images for s in shards)
