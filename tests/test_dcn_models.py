@@ -68,6 +68,45 @@ def test_initialisation_as_the_release():
     assert 0.005 < float(offset.detach().std()) < 0.02
 
 
+def offset_weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The conv_offset weights of every deformable conv in ``module``."""
+    return [m.conv_offset.weight.detach() for m in module.modules() if isinstance(m, DeformConv2dPack)]
+
+
+@pytest.mark.parametrize("preset, tower_init", [("light_512_dcn_r50", "zero"), ("light_512_dcn_r50_mmdet", "normal"),
+                                                ("r101_dcn_3x", "zero")])
+def test_head_offset_init_follows_the_source(preset, tower_init):
+    """mmdetection 3.x's head init (Normal, layer='Conv2d', std 0.01) reaches the towers' offset
+    convs; the authors' release leaves them zero. The backbone's start zero in both."""
+    cfg = load_config(preset, TINY_MODEL)
+    assert cfg.model.head_offset_init == tower_init
+    torch.manual_seed(0)
+    model = SOLOv2(cfg.model)
+    backbone, towers = offset_weights(model.backbone), offset_weights(model.head)
+    assert len(backbone) == 13 or len(backbone) == 30
+    assert all(float(w.abs().sum()) == 0 for w in backbone)
+    assert towers
+    for w in towers:
+        if tower_init == "zero":
+            assert float(w.abs().sum()) == 0
+        else:
+            assert 0.008 < float(w.std()) < 0.012 and abs(float(w.mean())) < 0.002
+    biases = [m.conv_offset.bias.detach() for m in model.head.modules() if isinstance(m, DeformConv2dPack)]
+    assert all(float(b.abs().sum()) == 0 for b in biases)
+
+
+def test_head_offset_init_override_on_a_shared_preset():
+    """r101_dcn_3x (both sources' layers) starts as mmdetection's with the override."""
+    cfg = load_config("r101_dcn_3x", TINY_MODEL + ["model.head_offset_init=normal"])
+    torch.manual_seed(0)
+    towers = offset_weights(SOLOv2(cfg.model).head)
+    assert len(towers) == 8 and all(0.008 < float(w.std()) < 0.012 for w in towers)
+    from solov2.config import ConfigError
+
+    with pytest.raises(ConfigError, match="head_offset_init"):
+        load_config("r101_dcn_3x", ["model.head_offset_init=uniform"])
+
+
 def test_resnext101_64x4d_has_torchvision_shapes():
     model = SOLOv2(load_config("x101_3x", TINY_MODEL).model)
     shapes = {k: tuple(v.shape) for k, v in model.backbone.state_dict().items()}
