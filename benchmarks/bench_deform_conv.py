@@ -4,8 +4,9 @@ Usage:
     python benchmarks/bench_deform_conv.py                 # layer: 256 ch, 3x3, 100x152, 1 thread
     python benchmarks/bench_deform_conv.py --train-step    # also r101_dcn_3x vs r101_3x training step
 
-Prints the median time of each and their ratio. The layer comparison runs the deformable conv
-with random offsets and masks (v2) and with offsets only (v1) against ``F.conv2d``; the
+Prints the median time of each and their ratio. The layer comparison (the function of
+``solov2 benchmark --only dcn``, ``solov2.benchmark.deform.layer_figures``) runs the deformable
+conv with random offsets and masks (v2) and with offsets only (v1) against ``F.conv2d``; the
 training-step comparison runs forward + backward + SGD step of both presets on the same
 random batch at a small input size.
 """
@@ -36,21 +37,14 @@ def _median_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> d
 
 
 def bench_layer(channels: int, height: int, width: int, repeats: int) -> None:
-    torch.manual_seed(0)
-    x = torch.randn(1, channels, height, width)
-    weight = torch.randn(channels, channels, 3, 3) * 0.02
-    offset = torch.randn(1, 18, height, width)
-    mask = torch.rand(1, 9, height, width)
-    with torch.no_grad():
-        times = _median_interleaved({
-            "conv2d": lambda: F.conv2d(x, weight, padding=1),
-            "deform v2": lambda: deform_conv.deform_conv2d(x, offset, weight, padding=1, mask=mask),
-            "deform v1": lambda: deform_conv.deform_conv2d(x, offset, weight, padding=1),
-        }, repeats)
+    """The forward comparison of ``solov2 benchmark``'s dcn section, at this shape."""
+    from solov2.benchmark.deform import layer_figures
+
+    figures = layer_figures(1, channels, height, width, torch.device("cpu"), "fp32", repeats, warmup=1)
     print(f"layer {channels} ch, 3x3, {height}x{width}, {torch.get_num_threads()} thread(s), "
-          f"backend {deform_conv.last_backend}, median of {repeats}:")
-    for name, t in times.items():
-        print(f"  {name:10s} {t * 1000:8.1f} ms   ratio to conv2d {t / times['conv2d']:.2f}")
+          f"backend {figures['backend']}, median of {repeats}:")
+    for name, s in figures["layers"].items():
+        print(f"  {name:10s} {s['ms']:8.1f} ms   ratio to conv2d {s['ratio_to_conv2d']:.2f}")
 
 
 def bench_layer_training(channels: int, height: int, width: int, repeats: int) -> None:

@@ -104,6 +104,12 @@ class ModelConfig:
     head_dcn_all_convs: bool = False
     # Every mask-feature-branch conv deformable (the final 1x1 too): "none", "v1" or "v2".
     mask_branch_dcn: str = checked("none", choices=("none", "v1", "v2"))
+    # Initial weights of the head towers' offset convs (conv_offset of the head_dcn convs): "zero"
+    # (the authors' release: a deformable conv starts as a plain conv) or "normal" (normal, std
+    # 0.01, bias 0: mmdetection 3.x, whose head init reaches every nn.Conv2d). Only matters when
+    # training from scratch; the backbone's offset convs start zero and the mask branch's normal
+    # in both sources.
+    head_offset_init: str = checked("zero", choices=("zero", "normal"))
 
 
 @dataclass

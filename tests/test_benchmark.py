@@ -108,3 +108,43 @@ def test_benchmark_command_writes_all_figures(tmp_path, photos, capsys):
     agreement = result["agreement"]
     assert agreement["precision"] == "bf16" and agreement["images"] == 1
     assert set(agreement["instances"]) == {"fp32", "bf16", "matched"}
+
+
+def test_dcn_section_compares_the_deformable_conv_with_conv2d(tmp_path, capsys):
+    """``--only dcn``: v2, v1 and conv2d on the H/4 x W/4 map of --size, each ratio its median
+    time over conv2d's of the same report; no other section runs."""
+    out = tmp_path / "dcn.json"
+    code = main(["benchmark", "--only", "dcn", "--size", "64x96", "--repeats", "3", "--warmup", "1",
+                 "--threads", "1", "--device", "cpu", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "deformable convolution, forward" in text and "vs conv2d" in text
+    result = json.loads(out.read_text())
+    assert not {"inference", "training", "variants", "agreement", "backends"} & set(result)
+    dcn = result["dcn"]
+    assert dcn["shape"] == [1, 256, 16, 24] and dcn["kernel"] == 3 and dcn["precision"] == "fp32"
+    assert dcn["repeats"] == 3 and dcn["backend"] in ("torchvision", "pytorch")
+    layers = dcn["layers"]
+    assert list(layers) == ["conv2d", "deform_v2", "deform_v1"]
+    for name, figures in layers.items():
+        assert 0 < figures["min_ms"] <= figures["ms"]
+        assert figures["ratio_to_conv2d"] == pytest.approx(figures["ms"] / layers["conv2d"]["ms"], rel=1e-12)
+        assert f"{figures['ratio_to_conv2d']:.2f}x" in text, name
+    assert layers["conv2d"]["ratio_to_conv2d"] == 1.0
+
+
+def test_dcn_layer_figures_at_a_tiny_shape_and_bad_sizes():
+    from solov2.benchmark.deform import layer_figures, time_interleaved
+    from solov2.benchmark.timing import Clock
+
+    figures = layer_figures(2, 8, 5, 7, torch.device("cpu"), "bf16", repeats=2, warmup=0)
+    assert figures["shape"] == [2, 8, 5, 7] and figures["precision"] == "bf16"
+    v2 = figures["layers"]["deform_v2"]
+    assert v2["ratio_to_conv2d"] == pytest.approx(v2["ms"] / figures["layers"]["conv2d"]["ms"], rel=1e-12)
+    # Every call runs once per round, after one warm-up round at least.
+    calls = {"a": 0, "b": 0}
+    times = time_interleaved({k: (lambda k=k: calls.__setitem__(k, calls[k] + 1)) for k in calls},
+                             Clock(torch.device("cpu")), repeats=3, warmup=0)
+    assert calls == {"a": 4, "b": 4} and [len(t) for t in times.values()] == [3, 3]
+    with pytest.raises(ValueError, match="repeats"):
+        layer_figures(1, 8, 5, 7, torch.device("cpu"), "fp32", repeats=0, warmup=0)

@@ -4,13 +4,18 @@ and ONNX export with the standard DeformConv operator matching ONNX Runtime."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from _dcn_helpers import tiny_dcn_model
-from _train_data import CASIA, TINY_MODEL, read_metrics, write_shapes_dataset
-from solov2.config import load_config
+from _train_data import CASIA, PROJECT_ROOT, TINY_MODEL, read_metrics, write_shapes_dataset
+from solov2.checkpoint import load_checkpoint
+from solov2.config import config_from_dict, load_config
 from solov2.engine.predictor import Predictor
 from solov2.engine.trainer import train
 from solov2.model import SOLOv2
@@ -66,6 +71,45 @@ def test_initialisation_as_the_release():
     # The mask feature head re-initialises every Conv2d, its offset convs too: normal(std 0.01).
     offset = model.mask_branch.levels[1][0].conv.conv_offset.weight
     assert 0.005 < float(offset.detach().std()) < 0.02
+
+
+def offset_weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The conv_offset weights of every deformable conv in ``module``."""
+    return [m.conv_offset.weight.detach() for m in module.modules() if isinstance(m, DeformConv2dPack)]
+
+
+@pytest.mark.parametrize("preset, tower_init", [("light_512_dcn_r50", "zero"), ("light_512_dcn_r50_mmdet", "normal"),
+                                                ("r101_dcn_3x", "zero")])
+def test_head_offset_init_follows_the_source(preset, tower_init):
+    """mmdetection 3.x's head init (Normal, layer='Conv2d', std 0.01) reaches the towers' offset
+    convs; the authors' release leaves them zero. The backbone's start zero in both."""
+    cfg = load_config(preset, TINY_MODEL)
+    assert cfg.model.head_offset_init == tower_init
+    torch.manual_seed(0)
+    model = SOLOv2(cfg.model)
+    backbone, towers = offset_weights(model.backbone), offset_weights(model.head)
+    assert len(backbone) == 13 or len(backbone) == 30
+    assert all(float(w.abs().sum()) == 0 for w in backbone)
+    assert towers
+    for w in towers:
+        if tower_init == "zero":
+            assert float(w.abs().sum()) == 0
+        else:
+            assert 0.008 < float(w.std()) < 0.012 and abs(float(w.mean())) < 0.002
+    biases = [m.conv_offset.bias.detach() for m in model.head.modules() if isinstance(m, DeformConv2dPack)]
+    assert all(float(b.abs().sum()) == 0 for b in biases)
+
+
+def test_head_offset_init_override_on_a_shared_preset():
+    """r101_dcn_3x (both sources' layers) starts as mmdetection's with the override."""
+    cfg = load_config("r101_dcn_3x", TINY_MODEL + ["model.head_offset_init=normal"])
+    torch.manual_seed(0)
+    towers = offset_weights(SOLOv2(cfg.model).head)
+    assert len(towers) == 8 and all(0.008 < float(w.std()) < 0.012 for w in towers)
+    from solov2.config import ConfigError
+
+    with pytest.raises(ConfigError, match="head_offset_init"):
+        load_config("r101_dcn_3x", ["model.head_offset_init=uniform"])
 
 
 def test_resnext101_64x4d_has_torchvision_shapes():
@@ -125,8 +169,6 @@ def test_dcn_preset_trains_with_decreasing_loss_and_learning_offsets(preset, tmp
     losses = [r["loss"] for r in rows]
     assert len(losses) == 8 and all(np.isfinite(losses))
     assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
-    from solov2.checkpoint import load_checkpoint
-
     state = load_checkpoint(final).state_dict
     offsets = [v for k, v in state.items() if k.endswith("conv_offset.weight") and ".layer1." not in k]
     assert offsets and any(v.abs().sum() > 0 for v in offsets)  # zero-initialised offsets learnt
@@ -157,3 +199,53 @@ def test_dcn_preset_exports_deform_conv_and_matches_onnxruntime(preset, tmp_path
         for g, e in zip(got, expected):
             assert g.shape == tuple(e.shape)
             assert np.abs(g - e.numpy()).max() <= 1e-4
+
+
+def momentum_buffers(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """Trainable parameter name -> SGD momentum buffer of a checkpoint (the optimizer holds
+    the model's trainable parameters in ``named_parameters`` order)."""
+    model = SOLOv2(config_from_dict(checkpoint["config"]).model)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    state = checkpoint["optimizer"]["state"]
+    assert len(names) == len(state)
+    return {name: state[i]["momentum_buffer"] for i, name in enumerate(names)}
+
+
+def test_two_gloo_processes_give_the_gradients_of_one_process_with_dcn(tmp_path):
+    """torchrun, 2 CPU processes (gloo) x 2 images = one process x 4 images, for a model with
+    deformable convs in the backbone (v1, stages 2-4), the last tower conv (v1) and the mask
+    branch (v2): the same loss and, after one SGD step, the same momentum buffers (the
+    gradient plus weight decay), the offset convs' included, which did receive gradient."""
+    ann, images_dir = write_shapes_dataset(tmp_path / "data", num_images=8, size=(64, 96))
+    overrides = TINY_MODEL + [
+        "model.mask_branch_dcn=v2", f"data.train_ann={ann}", f"data.train_images={images_dir}",
+        "data.workers=0", "input.train_scales=[[96, 64]]", "train.base_batch_size=2", "train.base_lr=0.01",
+        "train.warmup_iters=2", "train.epochs=1", "train.log_interval=1", "train.val_interval=0",
+    ]
+    train(load_config("light_512_dcn_r50", overrides + ["train.batch_size=4"]), tmp_path / "one", max_iters=1,
+          device="cpu", progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "solov2", "train", "--config", "light_512_dcn_r50", *overrides, "train.batch_size=2",
+           "--work-dir", str(tmp_path / "two"), "--max-iters", "1", "--device", "cpu", "--no-progress"]
+    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one = load_checkpoint(tmp_path / "one" / "latest.pth").raw
+    two = load_checkpoint(tmp_path / "two" / "latest.pth").raw
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    buffers_one, buffers_two = momentum_buffers(one), momentum_buffers(two)
+    assert buffers_one.keys() == buffers_two.keys()
+    offsets = [name for name in buffers_one if ".conv_offset." in name]
+    # Backbone stages 2-4 (13 blocks), the last conv of both towers, the mask branch's 7 convs
+    # and its final 1x1; weight and bias each.
+    assert len(offsets) == 2 * (13 + 2 + 7 + 1)
+    for part in ("backbone.", "head.", "mask_branch."):
+        assert any(name.startswith(part) for name in offsets), part
+    for name in offsets:
+        if name.endswith(".weight"):
+            assert float(buffers_one[name].abs().max()) > 0, name  # the offsets receive gradient
+    for name, g1 in buffers_one.items():
+        scale = g1.abs().max().item() + 1e-12
+        assert torch.allclose(g1, buffers_two[name], rtol=1e-3, atol=1e-4 * scale), name
+    assert read_metrics(tmp_path / "two")[0]["loss"] == pytest.approx(read_metrics(tmp_path / "one")[0]["loss"],
+                                                                      rel=1e-4)

@@ -8,15 +8,18 @@ prints it. For one preset and input size it times:
 - a training step broken down into data, targets, forward, loss, backward and optimizer;
 - peak memory, the FLOPs of every part (``torch.utils.flop_counter``), and optionally the
   network's inference variants and the agreement of bf16 (CPU) / fp16 (CUDA) inference with
-  fp32 on a trained model.
+  fp32 on a trained model;
+- the deformable convolution (v2 and v1) against a plain conv of the same shape (``dcn``).
 
 Every timed item runs right after the floor convolution (``floor``) in the same round and its
 ratio to the floor uses the throughput just measured; a reported ratio is the median over
-rounds of these per-round ratios, a reported time the median time.
+rounds of these per-round ratios, a reported time the median time. The ``dcn`` section
+compares with its own ``F.conv2d`` of the same shape, timed in the same rounds, instead.
 
 Modules: ``options`` (what to measure), ``timing`` (clock, rounds, FLOPs, memory), ``floor``,
 ``loads`` (synthetic inputs), one module per section (``inference``, ``training``,
-``variants``, ``agreement``), ``run`` (all sections) and ``report`` (text tables).
+``variants``, ``agreement``, ``backends``, ``deform``), ``run`` (all sections) and ``report``
+(text tables).
 """
 
 from .loads import POSTPROCESS_LOADS, crafted_outputs, synthetic_training_images

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-SECTIONS = ("inference", "training", "variants", "agreement", "backends")
+SECTIONS = ("inference", "training", "variants", "agreement", "backends", "dcn")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -20,6 +20,8 @@ def format_report(result: dict[str, Any]) -> str:
         from .backends import format_backends
 
         lines += ["", *format_backends(result["backends"])]
+    if "dcn" in result:
+        lines += ["", *_dcn(result["dcn"])]
     return "\n".join(lines)
 
 
@@ -112,4 +114,16 @@ def _agreement(a: dict[str, Any]) -> list[str]:
         lines.append(f"  fp32 instances scored >= {a['confident_threshold']}: {a['confident_fp32_instances']}, "
                      f"{100 * a['confident_matched_fraction']:.1f}% matched; mask IoU (0 if unmatched) mean "
                      f"{a['confident_mask_iou']['mean']:.4f} min {a['confident_mask_iou']['min']:.4f}")
+    return lines
+
+
+def _dcn(d: dict[str, Any]) -> list[str]:
+    """The dcn section: one row per layer with ms, min ms and the ratio to conv2d."""
+    n, c, h, w = d["shape"]
+    lines = [f"deformable convolution, forward: {c} -> {c} channels, {d['kernel']}x{d['kernel']}, "
+             f"{n}x{c}x{h}x{w} (NCHW), {d['precision']}, deform_conv2d backend {d['backend']} "
+             f"(interleaved in the same rounds)",
+             f"  {'layer':<16}{'ms':>10}{'min ms':>10}{'vs conv2d':>11}"]
+    for name, s in d["layers"].items():
+        lines.append(f"  {name:<16}{s['ms']:>10.1f}{s['min_ms']:>10.1f}{s['ratio_to_conv2d']:>10.2f}x")
     return lines

@@ -20,6 +20,7 @@ from ..model.fuse import optimize_for_inference
 from ..engine.distributed import resolve_device
 from .agreement import agreement_section
 from .backends import backends_section
+from .deform import dcn_section
 from .floor import floor_figures, pick_floor
 from .inference import inference_section
 from .options import PRECISIONS, SECTIONS, BenchmarkOptions
@@ -88,7 +89,8 @@ def _sections(
     cfg: Config, agreement_cfg: Config, model: SOLOv2, network: nn.Module, options: BenchmarkOptions,
     device: torch.device, rounds: Rounds, log: Log,
 ) -> dict[str, Any]:
-    """The requested sections in a fixed order: inference, training, variants, agreement."""
+    """The requested sections in a fixed order: inference, training, variants, agreement,
+    backends, dcn."""
     rng = np.random.default_rng(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     out: dict[str, Any] = {}
@@ -110,6 +112,10 @@ def _sections(
         out["agreement"] = agreement_section(agreement_cfg, model, options, device)
     if "backends" in options.sections:
         out["backends"] = backends_section(cfg, agreement_cfg, model, network, options, device, rounds, log)
+    if "dcn" in options.sections:
+        log(f"deformable convolution vs conv2d, {options.height // 4}x{options.width // 4} map")
+        out["dcn"] = dcn_section(options.height, options.width, device, options.precision, options.repeats,
+                                 options.warmup, rounds.clock, options.seed)
     return out
 
 

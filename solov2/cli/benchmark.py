@@ -18,13 +18,16 @@ EXAMPLES = """examples:
       --agreement-images runs/demo/data/val/*.png                        # bf16/fp16 vs fp32
   solov2 benchmark --config light_448_r18 --threads 1 --only backends \
       --backends pytorch,onnxruntime,openvino,onnxruntime-int8,openvino-int8
+  solov2 benchmark --only dcn --threads 1     # deformable conv v2/v1 vs conv2d, H/4 x W/4 of --size
 
 Every time is the median over --repeats rounds after --warmup. The floor is the network's
 FLOPs divided by the throughput of a large 3x3 convolution (256 channels, H/4 x W/4) in the
 same precision, measured right before each timed item; 'vs floor' is the median per-round
 ratio. Post-processing is timed with --candidates pairs above the score threshold per
 image, whose masks are compact blobs (--postprocess-load noise: the worst case); the
-training step at 2 images x --instances instances.
+training step at 2 images x --instances instances. The dcn section (--only dcn) times the
+deformable convolution v2 and v1 against F.conv2d of the same shape (256 channels, 3x3, the
+H/4 x W/4 map of --size), forward, interleaved in the same rounds, and prints their ratios.
 """
 
 
@@ -58,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--instances", type=int, default=30,
                         help="instances per training image (default: %(default)s)")
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
-    parser.add_argument("--only", nargs="+", choices=["inference", "training", "variants", "agreement", "backends"],
+    parser.add_argument("--only", nargs="+", choices=["inference", "training", "variants", "agreement", "backends", "dcn"],
                         help="run only these sections (default: inference, training, + variants with "
                              "--compare, + agreement with --agreement-images)")
     parser.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm separate at inference")

@@ -17,7 +17,8 @@ class SOLOv2Head(nn.Module):
     ``dcn`` ("none", "v1", "v2") makes the last tower conv of both branches deformable, or
     all of them with ``dcn_all_convs``. Initialisation as the authors' release: every conv
     normal(std 0.01), biases zero, the category bias at the prior probability, the deformable
-    convs' offset convs zero.
+    convs' offset convs zero; ``offset_init="normal"`` gives the offset convs normal(std 0.01)
+    and zero bias instead, as mmdetection 3.x (its head's init reaches every ``nn.Conv2d``).
     """
 
     def __init__(
@@ -31,8 +32,11 @@ class SOLOv2Head(nn.Module):
         prior_prob: float = 0.01,
         dcn: str = "none",
         dcn_all_convs: bool = False,
+        offset_init: str = "zero",
     ):
         super().__init__()
+        if offset_init not in ("zero", "normal"):
+            raise ValueError(f"offset_init must be 'zero' or 'normal', got {offset_init!r}")
         self.num_classes = num_classes
         self.grids = tuple(grids)
         tower_dcn = [dcn if dcn_all_convs or i == stacked_convs - 1 else "none" for i in range(stacked_convs)]
@@ -51,7 +55,8 @@ class SOLOv2Head(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        zero_offsets(self)
+        if offset_init == "zero":
+            zero_offsets(self)
         nn.init.constant_(self.category_pred.bias, -math.log((1 - prior_prob) / prior_prob))
 
     @staticmethod

@@ -65,6 +65,7 @@ class SOLOv2(nn.Module):
             grids=tuple(cfg.grids),
             dcn=cfg.head_dcn,
             dcn_all_convs=cfg.head_dcn_all_convs,
+            offset_init=cfg.head_offset_init,
         )
         self.mask_branch = MaskFeatureBranch(
             in_channels=cfg.fpn_channels,
