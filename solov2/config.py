@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
+DCN_TYPES = ("none", "v1", "v2")  # plain conv, deformable conv v1 (DCN), v2 (DCNv2, modulated)
 
 
 class ConfigError(ValueError):
@@ -97,13 +98,13 @@ class ModelConfig:
     # ResNeXt channels per group at stage 1 (64: ResNet; X101 64x4d: 4).
     backbone_width_per_group: int = checked(64, min=1)
     # Deformable conv2 in backbone_dcn_stages: "none", "v1" (DCN) or "v2" (DCNv2, modulated).
-    backbone_dcn: str = checked("none", choices=("none", "v1", "v2"))
+    backbone_dcn: str = checked("none", choices=DCN_TYPES)
     # Deformable tower convs (kernel and category branches): "none", "v1" or "v2".
-    head_dcn: str = checked("none", choices=("none", "v1", "v2"))
+    head_dcn: str = checked("none", choices=DCN_TYPES)
     # true: every tower conv deformable; false: only the last one.
     head_dcn_all_convs: bool = False
     # Every mask-feature-branch conv deformable (the final 1x1 too): "none", "v1" or "v2".
-    mask_branch_dcn: str = checked("none", choices=("none", "v1", "v2"))
+    mask_branch_dcn: str = checked("none", choices=DCN_TYPES)
     # Initial weights of the head towers' offset convs (conv_offset of the head_dcn convs): "zero"
     # (the authors' release: a deformable conv starts as a plain conv) or "normal" (normal, std
     # 0.01, bias 0: mmdetection 3.x, whose head init reaches every nn.Conv2d). Only matters when

@@ -349,9 +349,6 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
         return torch.cat((o1, o2), dim=1), torch.sigmoid(mask)
 
 
-DCN_TYPES = ("none", "v1", "v2")
-
-
 def zero_offsets(module: nn.Module) -> None:
     """Zero the ``conv_offset`` of every deformable conv in ``module`` (they then start as
     plain convs), after an initialisation that reached every ``nn.Conv2d``."""

@@ -6,35 +6,30 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig, validate_fields
 from .fpn import FPN
 from .heads import MaskFeatureBranch, SOLOv2Head
-from .deform_conv import DCN_TYPES
 from .resnet import ARCHITECTURES, Bottleneck, ResNet
 
 
-class ModelConfigError(ValueError):
-    """Raised for a model config whose deformable-convolution or ResNeXt keys are invalid
-    (an unknown type, stages outside 1-4, or a ResNet-18/34 backbone)."""
+class ModelConfigError(ConfigError):
+    """Raised for a model config that cannot be built: a field outside its declared range (a
+    ``ModelConfig`` made in Python skips the loader's validation) or deformable convolution /
+    ResNeXt keys on a ResNet-18/34 backbone."""
 
 
-def check_dcn_config(cfg: ModelConfig) -> None:
+def check_model_config(cfg: ModelConfig) -> None:
     """Raise ModelConfigError naming the config key that cannot be built."""
-    for key in ("backbone_dcn", "head_dcn", "mask_branch_dcn"):
-        if getattr(cfg, key) not in DCN_TYPES:
-            raise ModelConfigError(
-                f"model.{key} must be one of {', '.join(DCN_TYPES)}, got {getattr(cfg, key)!r}")
-    if any(stage not in (1, 2, 3, 4) for stage in cfg.backbone_dcn_stages):
-        raise ModelConfigError(
-            f"model.backbone_dcn_stages must list stages 1-4, got {cfg.backbone_dcn_stages}")
+    try:
+        validate_fields(cfg, "model.")
+    except ConfigError as err:
+        raise ModelConfigError(str(err)) from err
     bottleneck = ARCHITECTURES.get(cfg.backbone_depth, (Bottleneck,))[0] is Bottleneck
     uses_dcn = cfg.backbone_dcn != "none" and bool(cfg.backbone_dcn_stages)
     if not bottleneck and (uses_dcn or cfg.backbone_groups != 1 or cfg.backbone_width_per_group != 64):
         raise ModelConfigError(
             f"model.backbone_dcn / backbone_groups need a ResNet-50 or deeper (model.backbone_depth is "
             f"{cfg.backbone_depth})")
-    if cfg.backbone_groups < 1 or cfg.backbone_width_per_group < 1:
-        raise ModelConfigError("model.backbone_groups and backbone_width_per_group must be >= 1")
 
 
 class SOLOv2Outputs(NamedTuple):
@@ -46,7 +41,7 @@ class SOLOv2Outputs(NamedTuple):
 class SOLOv2(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        check_dcn_config(cfg)
+        check_model_config(cfg)
         if not (len(cfg.strides) == len(cfg.grids) == len(cfg.scale_ranges) == 5):
             raise ValueError("model.strides, model.grids and model.scale_ranges need 5 entries each")
         self.cfg = cfg
