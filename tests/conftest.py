@@ -27,10 +27,11 @@ def photos() -> list[Path]:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that load OpenVINO run after all others. With OpenVINO's runtime loaded, a later
-    PyTorch training test in the same process crashed (segmentation fault) in the full suite
-    here; `make test` runs them in a process of their own (-m openvino), and this order keeps a
-    plain `pytest` run from putting PyTorch work after them."""
+    """Tests that load OpenVINO run after all others. A later training test in the same
+    process once crashed (segmentation fault at its simulated Ctrl-C): one openvino.Core per
+    session left the main thread on an unmapped signal stack, fixed by the shared Core in
+    solov2.export.openvino_backend (tests/test_openvino_signals.py). `make test` still runs
+    them in a process of their own (-m openvino), and this order keeps that separation."""
     items.sort(key=lambda item: item.get_closest_marker("openvino") is not None)
 
 

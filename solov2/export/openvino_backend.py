@@ -7,12 +7,20 @@ same preprocessing, level splitting and ``postprocess``.
 
 fp32 graphs run in fp32 (``INFERENCE_PRECISION_HINT=f32``, also on CPUs with bf16 units);
 INT8 QDQ graphs (``solov2.export.quantize``) run their quantized convolutions in INT8.
+
+All sessions share one ``openvino.Core`` that lives as long as the process (``_core``): each
+Core's CPU plugin replaces the calling thread's signal alternate stack (sigaltstack) with one
+of its own and, when released, puts back the one it found. Two Cores released in the order
+they were made (not the reverse) leave the thread on the first plugin's unmapped stack, and
+the next signal handled there (Ctrl-C, or a training run's SIGINT) is a segmentation fault
+(tests/test_openvino_signals.py).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -30,6 +38,13 @@ def _openvino():
     return openvino
 
 
+@lru_cache(maxsize=1)
+def _core() -> Any:
+    """The process's one ``openvino.Core`` (see the module docstring: a Core per session
+    corrupts the main thread's signal stack once two are released out of order)."""
+    return _openvino().Core()
+
+
 class OpenVinoSession:
     """An ``.onnx`` file compiled by OpenVINO for the CPU, called like an ORT session.
 
@@ -39,7 +54,7 @@ class OpenVinoSession:
     """
 
     def __init__(self, onnx_path: str | Path, num_threads: int = 0):
-        ov = _openvino()
+        core = _core()
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise FileNotFoundError(f"{onnx_path}: ONNX file not found")
@@ -47,7 +62,7 @@ class OpenVinoSession:
                                      "INFERENCE_PRECISION_HINT": "f32"}
         if num_threads > 0:
             config["INFERENCE_NUM_THREADS"] = num_threads
-        self.compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+        self.compiled = core.compile_model(str(onnx_path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         import onnx
 
