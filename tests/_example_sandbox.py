@@ -1,7 +1,7 @@
 """The stand-in files the README, docs and --help examples name, written into one folder.
 
 ``build_sandbox(root)`` writes, under the names the examples use: photos/ (two committed
-photographs), img.jpg, photo.jpg, street.mp4 and clip.mp4 (6 small frames each),
+photographs), img.jpg, photo.jpg, street.mp4 and clip.mp4 (3 small frames each),
 shots/day1/a.png, COCO-format annotations of the photos at every path an example reads
 (val.json + val/, val2017/, coco/annotations/instances_val2017.json + coco/val2017/,
 ann/{train,val}.json + img/{train,val}/, train.json + train/), my.yaml (the light_448_r18
@@ -46,7 +46,7 @@ def write_split(root: Path, ann: str, images: str, names: tuple[str, ...]) -> No
         shutil.copy(PHOTOS / name, root / images / name)
 
 
-def write_video(path: Path, frames: int = 6, size: tuple[int, int] = (96, 64)) -> None:
+def write_video(path: Path, frames: int = 3, size: tuple[int, int] = (96, 64)) -> None:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5, size)
     rng = np.random.default_rng(0)
     for _ in range(frames):

@@ -66,8 +66,8 @@ def ci(file: str, text: str, why: str) -> Check:
 TRAIN_DATA = {"...": "data.train_ann=ann/train.json data.train_images=img/train",
               "data.train_ann=...": "data.train_ann=ann/train.json",
               "data.train_images=...": "data.train_images=img/train"}
-ONE_ITER = "--max-iters 1"
-WHY_ITER = "a 36-epoch schedule: one iteration"
+ONE_ITER = "--max-iters 1 input.train_scales=[[256,160]]"
+WHY_ITER = "a 36-epoch schedule: one iteration, at a small training scale"
 # Benchmarks time full-size passes for minutes: one round at a small size, the same sections.
 BENCH = "--size 64x96 --batch 1 --repeats 1 --warmup 0 --candidates 20 --instances 2"
 WHY_BENCH = "minutes of timing at full size: one round at 64x96"
@@ -83,6 +83,7 @@ INT8_W = "solov2 export --weights W.pth --out model.onnx --int8 --calibration-im
 EVAL_W = "solov2 eval --config light_448_r18 --weights W.pth --ann val.json --images val2017/ --out runs/eval"
 DEMO_RUN = "solov2 demo --out runs/demo"
 SHAPES = "solov2 make-shapes --out data/shapes"
+SHAPES_SMALL = "solov2 make-shapes --out data/shapes --train 1000 --val 200 --seed 7 --size 320x240"
 SHAPES_TRAIN = "solov2 train --config demo_shapes data.train_ann=data/shapes/train.json " \
                "data.train_images=data/shapes/train data.val_ann=data/shapes/val.json data.val_images=data/shapes/val"
 RESUME = "solov2 train --resume runs/exp1"
@@ -95,8 +96,16 @@ def _copy_latest_as_epoch_12(sandbox: Path) -> None:
     shutil.copy(sandbox / "runs/exp1/latest.pth", sandbox / "runs/exp1/epoch_12.pth")
 
 
+def _move_exp1_aside(sandbox: Path) -> None:
+    target = sandbox / "runs/exp1"
+    if target.exists():
+        target.rename(sandbox / f"runs/exp1-moved-{len(list(sandbox.glob('runs/exp1-moved-*')))}")
+
+
 # Stand-ins made from earlier examples' outputs, under the names an example reads.
-STAND_INS = {"epoch_12": _copy_latest_as_epoch_12}
+STAND_INS = {"epoch_12": _copy_latest_as_epoch_12, "fresh_exp1": _move_exp1_aside}
+WHY_FRESH = ("; an alternative to the first runs/exp1 training, which a new run refuses to overwrite: "
+             "runs in a fresh runs/exp1 (the earlier one moved aside)")
 
 EXAMPLES: dict[str, Check] = {
     # setup and CI
@@ -107,9 +116,8 @@ EXAMPLES: dict[str, Check] = {
     "pip install ./runtime": ci("Makefile", "pip install -q ./runtime", "run by make runtime-check in .ci/run"),
     # data
     "solov2 make-shapes --out data/shapes --train 200 --val 50 --seed 0": run("data/shapes/train.json"),
-    "solov2 make-shapes --out data/shapes --train 1000 --val 200 --seed 7 --size 320x240": short(
-        "--train 8 --val 4", "data/shapes/val.json", why="1200 images: 12"),
     SHAPES: run("data/shapes/train.json", "data/shapes/val/*.png"),
+    SHAPES_SMALL: short("--train 8 --val 4", "data/shapes/val.json", why="1200 images: 12"),
     # weights
     CONVERT: run("solov2_light_448_r18.pth"),
     "solov2 convert SOLOv2_LIGHT_448_R18_3x.pth light_448_r18.pth --config light_448_r18": run("light_448_r18.pth"),
@@ -130,10 +138,10 @@ EXAMPLES: dict[str, Check] = {
         needs=("solov2 train --resume runs/exp1/epoch_12.pth",)),
     "solov2 train --config light_448_r18 data.train_ann=ann/train.json data.train_images=img/train "
     "data.val_ann=ann/val.json data.val_images=img/val --backbone-weights resnet18-f37072fd.pth "
-    "--work-dir runs/exp1": short(ONE_ITER, "runs/exp1/final.pth", why=WHY_ITER,
+    "--work-dir runs/exp1": short(ONE_ITER, "runs/exp1/final.pth", why=WHY_ITER + WHY_FRESH, before="fresh_exp1",
                                   needs=("solov2 train --resume runs/exp1 data.workers=8",)),
     "solov2 train --config light_448_r18 --backbone-weights resnet18-f37072fd.pth ... --work-dir runs/exp1": short(
-        ONE_ITER, "runs/exp1/final.pth", why=WHY_ITER, fill=TRAIN_DATA,
+        ONE_ITER, "runs/exp1/final.pth", why=WHY_ITER + WHY_FRESH, fill=TRAIN_DATA, before="fresh_exp1",
         needs=("solov2 train --resume runs/exp1 data.workers=8",)),
     "solov2 train --config light_448_r18 --load-from SOLOv2_LIGHT_448_R18_3x.pth ...": short(
         ONE_ITER, "runs/light_448_r18/final.pth", why=WHY_ITER, fill=TRAIN_DATA),
@@ -142,8 +150,8 @@ EXAMPLES: dict[str, Check] = {
     "solov2 train --config light_448_r18 data.train_ann=... data.train_images=... "
     '"input.train_scales=[[512, 320]]" --max-iters 20 --device cpu --work-dir runs/smoke': short(
         ONE_ITER, "runs/smoke/final.pth", why="20 iterations: 1", fill=TRAIN_DATA),
-    SHAPES_TRAIN: short(ONE_ITER, "runs/demo_shapes/final.pth", why="an 8-epoch schedule: one iteration",
-                        needs=(SHAPES,)),
+    SHAPES_TRAIN: short("--max-iters 1", "runs/demo_shapes/final.pth", why="an 8-epoch schedule: one iteration",
+                        needs=(SHAPES_SMALL,)),
     "torchrun --nproc_per_node 8 -m solov2 train --config r50_3x ...": parse("8 GPUs", TRAIN_DATA),
     "torchrun --nproc_per_node 8 -m solov2 train --config r50_3x ... --work-dir runs/r50": parse("8 GPUs", TRAIN_DATA),
     "torchrun --nproc_per_node 8 -m solov2 train --config r50_3x data.train_ann=... data.train_images=... "
@@ -159,11 +167,12 @@ EXAMPLES: dict[str, Check] = {
         "runs/inspect*/report.json"),
     # predict
     "solov2 predict photos/ street.mp4 img.jpg --config light_448_r18 --weights SOLOv2_LIGHT_448_R18_3x.pth "
-    "--out runs/predict": run(PREDICT, "runs/predict*/street.mp4", "runs/predict*/img.jpg"),
+    "--out runs/predict": run(PREDICT, "runs/predict*/street.mp4", "runs/predict*/img.jpg",
+        "runs/predict*/photos/chelsea.jpg"),
     "solov2 predict photos/ --config light_448_r18 --weights SOLOv2_LIGHT_448_R18_3x.pth --out runs/predict": run(
-        PREDICT, "runs/predict*/chelsea.jpg"),
+        PREDICT, "runs/predict*/photos/chelsea.jpg"),
     "solov2 predict 'shots/**/*.png' --weights runs/exp1/final.pth --save-masks": run(
-        PREDICT, "runs/predict*/day1/a.png", needs=(EXP1,)),
+        PREDICT, "runs/predict*/shots/day1/a.png", needs=(EXP1,)),
     "solov2 predict 'shots/**/*.png' --weights runs/exp1/final.pth": run(PREDICT, needs=(EXP1,)),
     "solov2 predict photos/ --weights runs/exp1/final.pth --out runs/predict": run(PREDICT, needs=(EXP1,)),
     "solov2 predict --weights runs/exp1/final.pth IMAGES": Check(
