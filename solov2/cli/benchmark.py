@@ -16,7 +16,7 @@ EXAMPLES = """examples:
   solov2 benchmark --device cuda --precision fp16 --batch 8
   solov2 benchmark --weights runs/demo/train/final.pth --config demo_shapes \\
       --agreement-images runs/demo/data/val/*.png                        # bf16/fp16 vs fp32
-  solov2 benchmark --config light_448_r18 --threads 1 --only backends \
+  solov2 benchmark --config light_448_r18 --threads 1 --only backends \\
       --backends pytorch,onnxruntime,openvino,onnxruntime-int8,openvino-int8
   solov2 benchmark --only dcn --threads 1     # deformable conv v2/v1 vs conv2d, H/4 x W/4 of --size
 

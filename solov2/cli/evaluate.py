@@ -21,7 +21,7 @@ EXAMPLES = """examples:
   torchrun --nproc_per_node 4 -m solov2 eval --weights w.pth --config light_448_r18 \\
       --ann val.json --images val/ --device cuda       # images split over 4 GPUs, same numbers
   solov2 eval --results runs/eval/results.json --ann val.json   # score saved predictions again
-  solov2 eval --backend openvino --weights model.int8.onnx --ann val.json --images val/ \
+  solov2 eval --backend openvino --weights model.int8.onnx --ann val.json --images val/ \\
       --compare-to runs/eval/metrics.json                         # INT8 AP drift against fp32
 
 outputs in --out: results.json (COCO result records: image_id, category_id = the dataset's

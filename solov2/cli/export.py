@@ -14,7 +14,7 @@ EXAMPLES = """examples:
   solov2 export --weights runs/exp1/final.pth --out full.onnx --postprocess  # one graph
   solov2 predict img.jpg --backend onnxruntime --weights model.onnx      # run it
   solov2-runtime predict model.onnx photos/                              # or without PyTorch
-  solov2 export --weights W.pth --out model.onnx --int8 --calibration-images val2017/ \
+  solov2 export --weights W.pth --out model.onnx --int8 --calibration-images val2017/ \\
       --calibration-count 100                                 # + model.int8.onnx
   solov2 predict photos/ --backend openvino --weights model.int8.onnx    # INT8 in OpenVINO
 
