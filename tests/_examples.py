@@ -58,20 +58,44 @@ def commands_in(lines: list[tuple[int, str]]) -> list[tuple[int, str]]:
     return [(n, text) for n, text in join_continuations(lines) if text.split(" ", 1)[0] in COMMAND_WORDS]
 
 
-def markdown_examples(path: Path) -> list[tuple[str, str]]:
-    """(place, command) of the commands in the fenced shell blocks of a Markdown file."""
-    found, block, language = [], None, ""
+MARKDOWN_FILES = ("README.md", "docs/*.md", "runtime/README.md")  # where the docs' examples are
+
+
+def fenced_blocks(path: Path) -> list[tuple[str, list[tuple[int, str]]]]:
+    """(language, [(line number, line)]) of each fenced block of a Markdown file."""
+    blocks, block, language = [], None, ""
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.startswith("```"):
             if block is None:
                 block, language = [], line[3:].strip().lower()
             else:
-                if language not in NOT_SHELL:
-                    found += [(f"{path.relative_to(ROOT)}:{n}", text) for n, text in commands_in(block)]
+                blocks.append((language, block))
                 block = None
             continue
         if block is not None:
             block.append((number, line))
+    return blocks
+
+
+def markdown_files() -> list[Path]:
+    return [path for pattern in MARKDOWN_FILES for path in sorted(ROOT.glob(pattern))]
+
+
+def markdown_examples(path: Path) -> list[tuple[str, str]]:
+    """(place, command) of the commands in the fenced shell blocks of a Markdown file."""
+    return [(f"{path.relative_to(ROOT)}:{n}", text) for language, block in fenced_blocks(path)
+            if language not in NOT_SHELL for n, text in commands_in(block)]
+
+
+def python_examples() -> dict[tuple[str, str], str]:
+    """(file, first code line) -> the code of each fenced ``python`` block of the docs."""
+    found = {}
+    for path in markdown_files():
+        for language, block in fenced_blocks(path):
+            if language == "python":
+                code = "\n".join(line for _, line in block)
+                first = next(line for _, line in block if line.strip())
+                found[(str(path.relative_to(ROOT)), first)] = code
     return found
 
 
@@ -103,9 +127,7 @@ def help_parsers() -> dict[str, argparse.ArgumentParser]:
 
 def all_examples() -> dict[str, list[str]]:
     """Every example command -> the places it is written, README, docs/*.md and --help texts."""
-    pairs = markdown_examples(ROOT / "README.md")
-    for path in sorted((ROOT / "docs").glob("*.md")):
-        pairs += markdown_examples(path)
+    pairs = [pair for path in markdown_files() for pair in markdown_examples(path)]
     for name, parser in help_parsers().items():
         pairs += help_examples(name, parser)
     examples: dict[str, list[str]] = {}

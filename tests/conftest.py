@@ -159,3 +159,13 @@ def to_foreign():
         return out
 
     return convert
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory):
+    """The folder of stand-in files that the docs' examples name (tests/_example_sandbox.py),
+    shared by tests/test_examples.py and tests/test_python_examples.py."""
+    from _example_sandbox import build_sandbox
+    from test_examples import Sandbox
+
+    return Sandbox(build_sandbox(tmp_path_factory.mktemp("examples")))

@@ -247,6 +247,8 @@ EXAMPLES: dict[str, Check] = {
         BENCH, "runs/bench/r18.json", why=WHY_BENCH),
     "python benchmarks/benchmark.py --config light_448_r18 --size 448x672": short(BENCH, why=WHY_BENCH),
     "solov2 benchmark --precision bf16 --no-train": short(BENCH, why=WHY_BENCH),
+    "solov2 benchmark --only dcn --threads 1": short(BENCH, why=WHY_BENCH),
+    "solov2 benchmark --only dcn --threads 1 --size 448x672 --repeats 10 --warmup 2": short(BENCH, why=WHY_BENCH),
     "solov2 benchmark --weights runs/demo/train/final.pth --config demo_shapes --agreement-images "
     "runs/demo/data/val/*.png": short(BENCH, why=WHY_BENCH, needs=(DEMO_RUN,)),
     "solov2 benchmark --config light_448_r18 --compare --compile": parse(
@@ -341,7 +343,7 @@ def written_since(sandbox: Path, pattern: str, start: float) -> list[Path]:
 class Sandbox:
     """The stand-in folder, and which examples have run in it (each at most once)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path) -> None:  # the ``sandbox`` fixture (conftest.py) makes one
         self.root, self.done = root, set()
 
     def run(self, text: str) -> None:
@@ -358,13 +360,6 @@ class Sandbox:
         assert code == 0, f"exit code {code}: {' '.join(argv)}"
         for pattern in check.outputs:
             assert written_since(self.root, pattern, start), f"{pattern} not written by: {' '.join(argv)}"
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory) -> Sandbox:
-    from _example_sandbox import build_sandbox
-
-    return Sandbox(build_sandbox(tmp_path_factory.mktemp("examples")))
 
 
 @pytest.fixture(scope="module")

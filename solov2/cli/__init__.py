@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .. import __version__
 from . import benchmark, convert, demo, evaluate, export, inspect, make_shapes, predict, train
@@ -25,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    """``warnings.showwarning`` for the commands: ``warning: MESSAGE`` on stderr."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -35,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
-        return int(args.func(args) or EXIT_OK)
+        with warnings.catch_warnings():  # the library's warnings as one line, without the source echo
+            warnings.showwarning = one_line_warning
+            return int(args.func(args) or EXIT_OK)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

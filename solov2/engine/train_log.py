@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,15 @@ from tqdm import tqdm
 from .train_types import StepResult, TrainState
 
 logger = logging.getLogger("solov2.train")
-# The data loader's one-line warnings (unreadable images, size mismatches) go to the same places.
-LOGGERS = (logger, logging.getLogger("solov2.data"))
+# The data loader's one-line warnings (unreadable images, size mismatches) and Python's
+# warnings (PyTorch's, as one line without the source echo) go to the same places.
+warnings_logger = logging.getLogger("solov2.warnings")
+LOGGERS = (logger, logging.getLogger("solov2.data"), warnings_logger)
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    """``warnings.showwarning`` while a run is open: one ``warning:`` line in the run's log."""
+    warnings_logger.warning(f"warning: {message}")
 
 
 class _TqdmHandler(logging.Handler):
@@ -35,6 +43,7 @@ class TrainLog:
         self.is_main = is_main
         self.handlers: list[logging.Handler] = []
         self.tensorboard = None
+        self._showwarning = warnings.showwarning
 
     def open(self) -> None:
         """Send the ``solov2.train`` and ``solov2.data`` loggers to the console (around the
@@ -53,6 +62,7 @@ class TrainLog:
         for handler in self.handlers:
             for each in LOGGERS:
                 each.addHandler(handler)
+        self._showwarning, warnings.showwarning = warnings.showwarning, _log_warning
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
@@ -61,6 +71,8 @@ class TrainLog:
             self.tensorboard = SummaryWriter(str(self.work_dir / "tensorboard"))
 
     def close(self) -> None:
+        if warnings.showwarning is _log_warning:
+            warnings.showwarning = self._showwarning
         for handler in self.handlers:
             for each in LOGGERS:
                 each.removeHandler(handler)
