@@ -4,6 +4,9 @@ photographs (tests/data/photos), and subsets of the shared casia set where it is
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +161,16 @@ def tiny_shapes(tmp_path: Path) -> tuple[Path, Path]:
     if (data / "train.json").is_file():
         return data / "train.json", data / "images"
     return write_shapes_dataset(data, num_images=4, size=(64, 96))
+
+
+def torchrun_train(preset: str, overrides: list[str], work_dir: Path, processes: int = 2) -> None:
+    """``solov2 train --config PRESET OVERRIDES --max-iters 1`` under torch.distributed.run:
+    ``processes`` CPU processes (gloo, one thread each); fails the test with its output when
+    it does not exit 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           "-m", "solov2", "train", "--config", preset, *overrides,
+           "--work-dir", str(work_dir), "--max-iters", "1", "--device", "cpu", "--no-progress"]
+    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"x{processes}" in done.stdout  # the log names the world size

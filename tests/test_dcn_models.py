@@ -4,16 +4,13 @@ and ONNX export with the standard DeformConv operator matching ONNX Runtime."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from _dcn_helpers import tiny_dcn_model
-from _train_data import CASIA, PROJECT_ROOT, TINY_MODEL, read_metrics, write_shapes_dataset
+from _train_data import CASIA, TINY_MODEL, read_metrics, torchrun_train, write_shapes_dataset
 from solov2.checkpoint import load_checkpoint
 from solov2.config import config_from_dict, load_config
 from solov2.engine.predictor import Predictor
@@ -224,12 +221,7 @@ def test_two_gloo_processes_give_the_gradients_of_one_process_with_dcn(tmp_path)
     ]
     train(load_config("light_512_dcn_r50", overrides + ["train.batch_size=4"]), tmp_path / "one", max_iters=1,
           device="cpu", progress=False)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "solov2", "train", "--config", "light_512_dcn_r50", *overrides, "train.batch_size=2",
-           "--work-dir", str(tmp_path / "two"), "--max-iters", "1", "--device", "cpu", "--no-progress"]
-    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    torchrun_train("light_512_dcn_r50", overrides + ["train.batch_size=2"], tmp_path / "two")
     one = load_checkpoint(tmp_path / "one" / "latest.pth").raw
     two = load_checkpoint(tmp_path / "two" / "latest.pth").raw
     assert two["world_size"] == 2 and one["world_size"] == 1

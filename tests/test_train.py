@@ -5,10 +5,7 @@ are handled, and the checkpoints are usable."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,8 @@ import pytest
 import torch
 
 from _train_data import (
-    PROJECT_ROOT, TINY_MODEL, casia_subset, photo_annotations, read_metrics, write_json, write_shapes_dataset,
+    TINY_MODEL, casia_subset, photo_annotations, read_metrics, torchrun_train, write_json,
+    write_shapes_dataset,
 )
 from solov2.checkpoint import load_checkpoint
 from solov2.cli import main
@@ -142,13 +140,7 @@ def test_two_gloo_processes_give_the_gradients_of_one_process(tmp_path):
     cfg = load_config("light_448_r18", overrides + ["train.batch_size=4"])
     train(cfg, tmp_path / "one", max_iters=1, device="cpu", progress=False)
     # torchrun, 2 processes x 2 images, through the command line.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "solov2", "train", "--config", "light_448_r18", *overrides, "train.batch_size=2",
-           "--work-dir", str(tmp_path / "two"), "--max-iters", "1", "--device", "cpu", "--no-progress"]
-    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "x2" in done.stdout  # the log names the world size
+    torchrun_train("light_448_r18", overrides + ["train.batch_size=2"], tmp_path / "two")
     one = load_checkpoint(tmp_path / "one" / "latest.pth").raw
     two = load_checkpoint(tmp_path / "two" / "latest.pth").raw
     assert two["world_size"] == 2 and one["world_size"] == 1
