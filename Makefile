@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 # The OpenVINO tests in a process of their own (tests/conftest.py says why).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not openvino"
+	$(BIN)/python -m pytest -q --durations=15 -m "not openvino"
 	$(BIN)/python -m pytest -q -m openvino
 
 # The PyTorch-free runtime installed alone, as docs/deploy.md says: no torch in its venv, and it

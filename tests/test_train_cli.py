@@ -75,22 +75,33 @@ def test_keep_checkpoints_best_checkpoint_and_warnings_in_the_log(tmp_path):
 
 
 def test_warnings_during_a_run_are_one_line_in_the_console_and_train_log(tmp_path, capsys):
-    import warnings
-
-    from solov2.cli import one_line_warning
+    from solov2.warning_lines import show_warning
     from solov2.engine.train_log import TrainLog
 
-    before = warnings.showwarning
     log = TrainLog(tmp_path, is_main=True)
     log.open()
     try:
-        warnings.warn("This DataLoader will create 8 worker processes", UserWarning, stacklevel=1)
+        show_warning(UserWarning("This DataLoader will create 8 worker processes"), UserWarning, __file__, 1)
     finally:
         log.close()
-    assert warnings.showwarning is before  # put back
     lines = (tmp_path / "train.log").read_text().splitlines()
     assert len(lines) == 1 and lines[0].endswith("warning: This DataLoader will create 8 worker processes")
     assert capsys.readouterr().out == "warning: This DataLoader will create 8 worker processes\n"
     # Outside a run, the commands print the same single line on stderr.
-    one_line_warning(UserWarning("image too small"), UserWarning, __file__, 1)
+    show_warning(UserWarning("image too small"), UserWarning, __file__, 1)
     assert capsys.readouterr().err == "warning: image too small\n"
+
+
+def test_commands_print_a_library_warning_as_one_line(monkeypatch, tmp_path, capsys):
+    import warnings
+
+    from solov2.cli import main, make_shapes
+
+    def warns(args):
+        warnings.simplefilter("always")  # shown even when an earlier test warned from this line
+        warnings.warn("excessive worker creation might get DataLoader running slow", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(make_shapes, "run", warns)
+    assert main(["make-shapes", "--out", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().err == "warning: excessive worker creation might get DataLoader running slow\n"

@@ -8,6 +8,7 @@ import warnings
 
 from .. import __version__
 from . import benchmark, convert, demo, evaluate, export, inspect, make_shapes, predict, train
+from ..warning_lines import show_warning
 from .common import EXIT_INTERRUPTED, EXIT_OK, fail
 
 COMMANDS = (predict, train, evaluate, demo, make_shapes, convert, export, benchmark, inspect)
@@ -26,11 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
-    """``warnings.showwarning`` for the commands: ``warning: MESSAGE`` on stderr."""
-    print(f"warning: {message}", file=file or sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -42,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         with warnings.catch_warnings():  # the library's warnings as one line, without the source echo
-            warnings.showwarning = one_line_warning
+            warnings.showwarning = show_warning
             return int(args.func(args) or EXIT_OK)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

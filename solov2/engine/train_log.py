@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import warning_lines
 from .train_types import StepResult, TrainState
 
 logger = logging.getLogger("solov2.train")
-# The data loader's one-line warnings (unreadable images, size mismatches) and Python's
-# warnings (PyTorch's, as one line without the source echo) go to the same places.
-warnings_logger = logging.getLogger("solov2.warnings")
-LOGGERS = (logger, logging.getLogger("solov2.data"), warnings_logger)
-
-
-def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
-    """``warnings.showwarning`` while a run is open: one ``warning:`` line in the run's log."""
-    warnings_logger.warning(f"warning: {message}")
+# The data loader's one-line warnings (unreadable images, size mismatches) go to the same places,
+# and so do Python's warnings (PyTorch's) under the command line (solov2.warning_lines).
+LOGGERS = (logger, logging.getLogger("solov2.data"))
 
 
 class _TqdmHandler(logging.Handler):
@@ -43,7 +37,6 @@ class TrainLog:
         self.is_main = is_main
         self.handlers: list[logging.Handler] = []
         self.tensorboard = None
-        self._showwarning = warnings.showwarning
 
     def open(self) -> None:
         """Send the ``solov2.train`` and ``solov2.data`` loggers to the console (around the
@@ -62,7 +55,7 @@ class TrainLog:
         for handler in self.handlers:
             for each in LOGGERS:
                 each.addHandler(handler)
-        self._showwarning, warnings.showwarning = warnings.showwarning, _log_warning
+        warning_lines.route_to(logger)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
@@ -71,8 +64,7 @@ class TrainLog:
             self.tensorboard = SummaryWriter(str(self.work_dir / "tensorboard"))
 
     def close(self) -> None:
-        if warnings.showwarning is _log_warning:
-            warnings.showwarning = self._showwarning
+        warning_lines.route_to(None)
         for handler in self.handlers:
             for each in LOGGERS:
                 each.removeHandler(handler)
