@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
-from .common import EXIT_INTERRUPTED, add_config_arguments, add_exist_ok, fail, formatter, run_dir
+from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, add_config_arguments, add_exist_ok, fail, formatter, run_dir
 
 DEFAULT_OUT = "runs/eval"
 
@@ -29,7 +29,7 @@ own id, score, bbox [x, y, w, h] of the mask, segmentation as RLE) and metrics.j
 mask_AP50, mask_AP75, mask_APs/m/l, mask_AR*, the same for box_, per_class, images_per_second,
 failed_images, skipped_annotations). metrics.json keeps fractions (0..1) as pycocotools computes
 them; the printed tables show percentages, as papers do. Unreadable images are reported one line
-each and counted as images without detections. Ground truth that cannot be rasterised (empty or
+each and counted as images without detections (exit code 1). Ground truth that cannot be rasterised (empty or
 degenerate polygons, masks outside the image, malformed RLE) is left out as training leaves it
 out, and counted. results.json is written before scoring, so a scoring failure keeps the
 predictions; --results scores them again. Ctrl-C while predicting (one process) writes
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{len(metrics['failed_images'])} images could not be read (counted with no detections); "
               f"see metrics.json", file=sys.stderr)
     print(f"\nresults: {metrics['results_file']}\nmetrics: {metrics['metrics_file']}")
-    return 0
+    return EXIT_PARTIAL if metrics["failed_images"] else EXIT_OK
 
 
 def interrupted_line(stop, ann: str) -> str:
