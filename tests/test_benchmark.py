@@ -148,3 +148,16 @@ def test_dcn_layer_figures_at_a_tiny_shape_and_bad_sizes():
     assert calls == {"a": 4, "b": 4} and [len(t) for t in times.values()] == [3, 3]
     with pytest.raises(ValueError, match="repeats"):
         layer_figures(1, 8, 5, 7, torch.device("cpu"), "fp32", repeats=0, warmup=0)
+
+
+def test_only_offers_every_section_of_the_package():
+    # The command line spells the sections out (importing solov2.benchmark at start-up costs
+    # every command about 0.4 s); this keeps its list equal to the package's.
+    import argparse
+
+    from solov2.benchmark import SECTIONS
+    from solov2.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    only = next(a for a in sub.choices["benchmark"]._actions if a.dest == "only")
+    assert list(only.choices) == list(SECTIONS)

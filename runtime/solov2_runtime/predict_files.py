@@ -246,8 +246,8 @@ def _frame_count(path: Path, stride: int) -> int:
 
 
 def _predict_video(predictor: BatchPredictor, source: Source, out_dir: Path, summary: PredictSummary,
-                   results_log: ResultsLog, bar: Progress, fail: Callable[[str], None], stride: int, batch_size: int, save_masks: bool,
-                   save_overlays: bool, show_thr: float) -> None:
+                   results_log: ResultsLog, bar: Progress, fail: Callable[[str], None], stride: int,
+                   batch_size: int, save_masks: bool, save_overlays: bool, show_thr: float) -> None:
     """One video: its frames' records are written as they are done. When the annotated copy
     cannot be written, ``fail`` says so and the frames are still predicted."""
     capture, fps, _, (width, height) = open_video(source.path)

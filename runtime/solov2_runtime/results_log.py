@@ -49,6 +49,14 @@ def assemble_results(lines_file: str | Path, results_file: str | Path) -> int:
     return count
 
 
+def finish(lines_file: Path, results_file: Path) -> int:
+    """``assemble_results``, then remove ``lines_file``; returns the record count. When
+    assembling fails (e.g. the disk is full) the lines file stays and the error propagates."""
+    count = assemble_results(lines_file, results_file)
+    lines_file.unlink()
+    return count
+
+
 class ResultsLog:
     """``results.jsonl`` in ``out_dir`` while the job runs; ``close`` makes ``results.json``."""
 
@@ -64,14 +72,12 @@ class ResultsLog:
         self._lines.flush()
 
     def close(self) -> None:
-        """Assemble ``results.json`` from the lines written so far and remove the lines file.
-        When that fails (e.g. the disk is full) the lines file stays, whole up to its last
-        flushed input, and the error propagates."""
+        """``finish``: ``results.json`` from the lines written so far, the lines file removed.
+        When that fails the lines file stays, whole up to its last flushed input."""
         if self._lines is not None:
             self._lines.close()
             self._lines = None
-        assemble_results(self.lines_file, self.results_file)
-        self.lines_file.unlink()
+        finish(self.lines_file, self.results_file)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,11 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {lines_file}: not found{done}", file=sys.stderr)
         return 2
     try:
-        count = assemble_results(lines_file, out / RESULTS_NAME)
+        count = finish(lines_file, out / RESULTS_NAME)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    lines_file.unlink()
     print(f"{out / RESULTS_NAME}: {count} records")
     return 0
 

@@ -116,8 +116,6 @@ def convert(input_path: str | Path, output_path: str | Path, config: str | Path 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model import ModelConfigError
-
     if Path(args.input).resolve() == Path(args.output).resolve():
         return fail("OUT must differ from IN (the input is kept as it is)")
     problem = output_file_problem(args.output)
@@ -125,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(problem)
     try:
         summary = convert(args.input, args.output, args.config, args.overrides)
-    except (CheckpointError, ConfigError, ModelConfigError) as err:
+    except (CheckpointError, ConfigError) as err:  # ModelConfigError is a ConfigError
         return fail(str(err))
     print(f"read {args.input}: {FORMAT_NAMES[summary['format']]} ({summary['format']})")
     if summary["config"]:

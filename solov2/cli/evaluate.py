@@ -76,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import CategoryMatchError, EvaluationInterrupted, evaluate_predictor
     from ..evaluation.coco_eval import AnnotationError, format_metrics, format_per_class
     from ..evaluation.scoring import OutputDirError, ScoringError
-    from ..model.solov2 import ModelConfigError
 
     if args.results:
         return _rescore(args)
@@ -104,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             print(interrupted_line(stop, args.ann), file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ConfigError, CheckpointError, AnnotationError, CategoryMatchError, ImageReadError, OutputDirError,
-            ScoringError, ModelConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+            ScoringError, FileNotFoundError, ValueError, RuntimeError) as err:
         return fail(str(err))
     finally:
         cleanup(ctx)

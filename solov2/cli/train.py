@@ -106,7 +106,6 @@ def run(args: argparse.Namespace) -> int:
     from ..data.coco import DatasetError
     from ..engine.distributed import resolve_device
     from ..engine.trainer import TrainingError, TrainingInterrupted, train
-    from ..model.solov2 import ModelConfigError
 
     conflict = _conflicts(args)
     if conflict:
@@ -154,9 +153,7 @@ def run(args: argparse.Namespace) -> int:
         if stop.checkpoint is not None:
             print(f"interrupted; state saved to {stop.checkpoint}\n  continue with: solov2 train --resume {work_dir}")
         return 130
-    except (DatasetError, TrainingError, CheckpointError, ConfigError) as err:
-        return fail(str(err))
-    except ModelConfigError as err:
+    except (DatasetError, TrainingError, CheckpointError, ConfigError) as err:  # ModelConfigError too
         return fail(str(err))
     if os.environ.get("RANK", "0") == "0":
         print(f"final weights: {final}\nwork dir: {work_dir} (metrics.jsonl, train.log, checkpoints)")

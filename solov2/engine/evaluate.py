@@ -54,7 +54,7 @@ class EvaluationInterrupted(KeyboardInterrupt):
 
     def __init__(self, shard: ShardOutput, total: int):
         super().__init__(f"interrupted after {shard.done} of {total} images")
-        self.shard, self.total = shard, total
+        self.shard = shard
         self.results_file: Path | None = None
 
 
