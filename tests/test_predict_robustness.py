@@ -370,3 +370,21 @@ def test_demo_ground_truth_takes_the_prediction_colours_of_its_classes(tmp_path)
     image = np.full((20, 20, 3), 60, np.uint8)
     drawn = draw_result(image, truth, alpha=1.0, show_scores=False)
     assert tuple(drawn[12, 12]) == instance_colour(1)
+
+
+def test_assembling_on_a_full_disk_is_one_error_line_and_keeps_the_lines(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import solov2_runtime.results_log as results_log
+
+    lines = tmp_path / "results.jsonl"
+    lines.write_text('{"a": 1}\n')
+
+    def full_disk(path, mode="w"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(results_log, "atomic_open", full_disk)
+    assert assemble_main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'results.json'}: No space left on device; "
+                                       f"{lines} is kept\n")
+    assert lines.read_text() == '{"a": 1}\n' and not (tmp_path / "results.json").exists()

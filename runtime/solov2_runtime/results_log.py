@@ -95,8 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         count = finish(lines_file, out / RESULTS_NAME)
-    except (OSError, ValueError) as err:
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, an unwritable folder: the lines stay as they are
+        print(f"error: {out / RESULTS_NAME}: {err.strerror or err}; {lines_file} is kept", file=sys.stderr)
         return 2
     print(f"{out / RESULTS_NAME}: {count} records")
     return 0
