@@ -161,3 +161,11 @@ def test_only_offers_every_section_of_the_package():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     only = next(a for a in sub.choices["benchmark"]._actions if a.dest == "only")
     assert list(only.choices) == list(SECTIONS)
+
+
+@pytest.mark.parametrize("size", ["0x0", "16x64", "448"])
+def test_a_size_below_one_cell_or_malformed_is_a_usage_error_naming_size(size, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["benchmark", "--only", "dcn", "--size", size])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--size" in err and "size must be" in err

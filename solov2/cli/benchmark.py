@@ -36,6 +36,8 @@ def parse_size(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH, e.g. 448x672, got {text!r}") from err
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"size must be at least 32x32 (multiples of 32), got {text!r}")
     return h, w
 
 
